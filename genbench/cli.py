@@ -1,0 +1,196 @@
+"""The ``genbench`` command line: parse, build run specs, call down. Heavy imports stay inside
+commands so ``genbench --help`` is fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from genbench.core.errors import GenbenchError, UsageError
+
+
+class GenbenchGroup(click.Group):
+    """Turns :class:`GenbenchError` into one line on stderr and its exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GenbenchError as error:
+            if ctx.meta.get("genbench.debug"):
+                raise
+            click.echo(f"genbench: error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("genbench: interrupted; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=GenbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="genbench")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Benchmark and evaluate generative image models.
+
+    \b
+    Example:
+      genbench run --models gvae,vae --dataset mnist --budget smoke
+    """
+    ctx.meta["genbench.debug"] = debug
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects key=value, got '{pair}'")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def build_specs(models, dataset, budget, seeds, overrides, image_size, limit):
+    """One :class:`RunSpec` per model and seed, with typed, validated overrides.
+
+    A key applies to every model whose config has it (``model.key`` scopes it to one model) and
+    to the harness settings (``steps``, ``batch_size``...). A key that nothing has is an error.
+    """
+    from genbench.core.registry import closest
+    from genbench.data import get_dataset
+    from genbench.models import get_model_class
+    from genbench.training import DataConfig, RunSpec
+    from genbench.training.budgets import train_config_for
+
+    info = get_dataset(dataset)
+    classes = {name: get_model_class(name) for name in models}
+    train_base = train_config_for(budget)
+    train_keys = set(train_base.field_names())
+    known = set(train_keys)
+    for name, cls in classes.items():
+        known |= set(cls.config_class.field_names())
+        known |= {f"{name}.{key}" for key in cls.config_class.field_names()}
+    for key in overrides:
+        scope, dot, bare = key.rpartition(".")
+        if dot and scope not in classes:
+            raise UsageError(f"--set {key}: '{scope}' is not one of the models run ({', '.join(models)})")
+        if key not in known:
+            raise UsageError(f"--set: unknown config key '{key}'{closest(key, sorted(known))}")
+
+    train_overrides = {k: v for k, v in overrides.items() if k in train_keys}
+    train = train_base.with_overrides(train_overrides)
+    train.validate()
+    size = image_size or info.native_size
+    image_shape = (info.channels, size, size)
+    specs = []
+    for name, cls in classes.items():
+        fields = set(cls.config_class.field_names())
+        mine = {k: v for k, v in overrides.items() if k in fields}
+        mine |= {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{name}.")}
+        config = cls.config_class().with_overrides(mine)
+        config.validate(image_shape)
+        for seed in seeds:
+            specs.append(RunSpec(
+                model=name, model_config=config.to_dict(),
+                data=DataConfig(dataset=dataset, image_size=image_size, limit=limit),
+                train=train, budget=budget, seed=seed,
+            ))
+    return specs
+
+
+@main.command()
+@click.option("--models", required=True, help="Comma-separated model names, e.g. gvae,vae.")
+@click.option("--dataset", default="mnist", show_default=True, help="A registered dataset.")
+@click.option("--budget", type=click.Choice(["smoke", "standard", "paper"]), default="smoke",
+              show_default=True, help="Fixed step counts: smoke (minutes), standard, paper (GPU).")
+@click.option("--seed", type=int, default=None, help="One seed (default 0).")
+@click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Typed config override, repeatable (latent_dim=500, gvae.dropout=0.2, steps=50).")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the dataset's files (never written to).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--image-size", type=int, default=None, help="Square side in pixels (default: native).")
+@click.option("--limit", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--fresh", is_flag=True, help="Delete existing run folders of these runs and start over.")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download missing datasets into the user cache.")
+@click.option("--tensorboard", is_flag=True, help="Also log losses to TensorBoard.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, image_size, limit,
+        fresh, download, tensorboard, progress):
+    """Train models and write one run folder each under OUT/<dataset>/<model>/<run-id>/.
+
+    Re-running the same command resumes unfinished runs and skips finished ones.
+
+    \b
+    Example:
+      genbench run --models gvae,vae --dataset mnist --budget smoke
+      genbench run --models wgan --set gradient_penalty=true --seeds 0,1,2
+    """
+    from genbench.reporting.summary import print_run_table
+    from genbench.training import fit
+
+    if seed is not None and seeds is not None:
+        raise UsageError("give --seed or --seeds, not both")
+    try:
+        seed_list = [int(s) for s in _split_list(seeds)] if seeds is not None else [seed or 0]
+    except ValueError:
+        raise UsageError(f"--seeds expects comma-separated integers, got '{seeds}'") from None
+    model_list = _split_list(models)
+    if not model_list:
+        raise UsageError("--models needs at least one model name")
+    specs = build_specs(model_list, dataset, budget, seed_list, parse_overrides(overrides),
+                        image_size, limit)
+    _check_writable(Path(out))
+    results = []
+    for spec in specs:
+        result = fit(spec, out, device=device, fresh=fresh, progress=progress,
+                     tensorboard=tensorboard, data_dir=data_dir, allow_download=download)
+        if result.status == "skipped":
+            click.echo(f"skipped {spec.model} seed {spec.seed}: already complete in "
+                       f"{result.run_dir.path}", err=True)
+        results.append((spec, result))
+    print_run_table(results)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".genbench-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise GenbenchError(f"cannot write to output folder {out}: {error.strerror}") from None
+
+
+@main.command(name="list")
+@click.argument("what", type=click.Choice(["models", "datasets"]))
+def list_(what):
+    """List registered models or datasets with a one-line description.
+
+    \b
+    Example:
+      genbench list models
+    """
+    if what == "models":
+        from genbench.models import get_model_class, model_names
+
+        for name in model_names():
+            click.echo(f"{name:10s} {get_model_class(name).description()}")
+    else:
+        from genbench.data import DATASETS
+
+        for name in DATASETS.names():
+            info = DATASETS.get(name)
+            click.echo(f"{name:14s} {info.description}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, atomic writes, hashing, registries, cache location."""

@@ -1,0 +1,237 @@
+"""What every genbench model is: a typed config, networks, optimizers and one training step.
+
+A model file defines a config dataclass and a :class:`GenerativeModel` subclass registered with
+``@register_model("name")``. The harness owns the loop (device, mixed precision, checkpoints,
+logging); the model owns what happens inside one step, so GANs with several optimizers and critic
+steps need no special cases in the loop.
+
+Latent-variable models also expose the likelihood protocol the metrics build on
+(:class:`genbench.metrics.protocol.LikelihoodModel`): ``prior()``, ``observation_model(z)`` and,
+with an encoder, ``approximate_posterior(x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from genbench.core.errors import UsageError
+from genbench.core.registry import closest
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every model config. Subclasses add typed fields with defaults and ``validate``."""
+
+    def validate(self, image_shape: tuple[int, int, int]) -> None:
+        """Raise :class:`UsageError` naming the field and a valid value when the config is wrong."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a saved ``config.json`` or overrides; values are coerced to the field types."""
+        return cls().with_overrides(values)
+
+    def with_overrides(self, values: dict[str, Any]) -> ModelConfig:
+        hints = typing.get_type_hints(type(self))
+        names = self.field_names()
+        changes = {}
+        for key, raw in values.items():
+            if key not in names:
+                raise UsageError(
+                    f"unknown config key '{key}' for {type(self).__name__}{closest(key, names)}"
+                )
+            changes[key] = coerce(raw, hints[key], key)
+        return dataclasses.replace(self, **changes)
+
+
+def coerce(raw: Any, annotation: Any, key: str) -> Any:
+    """Convert a CLI string (or a JSON value) to ``annotation``; fail with a one-line message."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(raw, inner[0], key)
+    if origin is Literal:
+        value = raw if not isinstance(raw, str) else _literal_from_str(raw, args)
+        if value not in args:
+            choices = ", ".join(map(str, args))
+            raise UsageError(f"{key}={raw!r} is not one of: {choices}")
+        return value
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(coerce(item, args[0], key) for item in items)
+    try:
+        if annotation is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if annotation is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+        if annotation is str:
+            return str(raw)
+    except ValueError:
+        raise UsageError(f"{key}={raw!r} is not a valid {annotation.__name__}") from None
+    return raw
+
+
+def _literal_from_str(raw: str, choices: tuple) -> Any:
+    for choice in choices:
+        if str(choice) == raw:
+            return choice
+    return raw
+
+
+def require(condition: bool, message: str) -> None:
+    """Config validation helper: raise a usage error unless ``condition`` holds."""
+    if not condition:
+        raise UsageError(message)
+
+
+class StepContext:
+    """What the harness lends a model for one training step: device, autocast and scaled backward.
+
+    On CUDA with mixed precision, losses are scaled by one ``GradScaler`` shared by all of the
+    model's optimizers (the harness calls ``scaler.update()`` once per step); elsewhere the calls
+    are plain ``backward`` and ``optimizer.step``.
+    """
+
+    def __init__(self, device: torch.device, scaler: torch.amp.GradScaler | None = None):
+        self.device = device
+        self.scaler = scaler
+
+    @property
+    def amp(self) -> bool:
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def full_precision(self) -> contextlib.AbstractContextManager:
+        """Turn autocast off for a block (gradient penalties, log-probabilities)."""
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, inputs=None, retain_graph: bool = False) -> None:
+        if self.amp:
+            loss = self.scaler.scale(loss)
+        loss.backward(inputs=list(inputs) if inputs is not None else None, retain_graph=retain_graph)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.amp:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+
+def evaluating(method: Callable) -> Callable:
+    """Run a method with the model in eval mode (batch norm, dropout), restoring the mode after."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args, **kwargs):
+        was_training = self.training
+        self.train(False)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
+class GenerativeModel(nn.Module):
+    """Base class of the reference models (user models need only the protocols, not this class).
+
+    Subclasses set ``config_class`` and ``loss_names`` and implement :meth:`train_step`
+    and :meth:`sample`. Networks are submodules; optimizers are built by :meth:`build_optimizers`
+    after the model is on its device.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    loss_names: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        config.validate(image_shape)
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @classmethod
+    def description(cls) -> str:
+        """The docstring's first sentence, on one line (for ``genbench list models``)."""
+        paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        end = paragraph.find(". ")
+        return paragraph if end < 0 else paragraph[: end + 1]
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Create ``self.optimizers`` (name → optimizer); called once the model is on its device."""
+        return {}
+
+    def train_step(self, batch: torch.Tensor, step: int, ctx: StepContext) -> dict[str, float]:
+        """One update on ``batch`` (``[B, C, H, W]`` in ``[-1, 1]``); returns losses by name."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` new images ``[n, C, H, W]`` in ``[-1, 1]``, drawn with ``generator`` if given."""
+        raise NotImplementedError
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+    def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise on the model's device; with a CPU ``generator`` drawn on the CPU
+        and moved, so a seeded grid looks the same on every device."""
+        if generator is not None:
+            return torch.randn(*shape, generator=generator).to(self.device)
+        return torch.randn(*shape, device=self.device)
+
+
+def parameters_of(*modules: nn.Module) -> Iterator[nn.Parameter]:
+    for module in modules:
+        yield from module.parameters()
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(flag)

@@ -1,0 +1,293 @@
+"""The one training loop every model goes through.
+
+A model supplies its networks, optimizers and one step; the loop supplies the rest: device and
+mixed precision, seeds, the batch order, checkpoints and exact resume, the progress bar,
+``losses.csv``, sample grids and the checks for diverged losses.
+
+Resume is exact because everything random is either restored from the checkpoint (python, numpy
+and torch generator states; optimizer and batch-norm state) or a pure function of the seed and step
+(the batch order: one permutation per epoch, seeded by ``(seed, epoch)``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import save_image
+
+from genbench.core.errors import GenbenchError
+from genbench.core.io import atomic_write, torch_save
+from genbench.data import load_images, to_model_range
+from genbench.models.base import GenerativeModel, StepContext
+from genbench.models.registry import get_model_class
+from genbench.training.environment import (
+    provenance,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from genbench.training.rundir import STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, RunDir
+from genbench.training.spec import RunSpec
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class FitResult:
+    run_dir: RunDir
+    status: str  # "trained", "resumed" or "skipped"
+    steps: int
+    train_time_s: float
+    final_losses: dict[str, float] = field(default_factory=dict)
+    parameters: int = 0
+
+
+def build_model(spec: RunSpec, image_shape: tuple[int, int, int]) -> GenerativeModel:
+    cls = get_model_class(spec.model)
+    config = cls.config_class.from_dict(spec.model_config)
+    return cls(config, image_shape)
+
+
+class BatchStream:
+    """Batches as a pure function of the step: the training images concatenated epoch after
+    epoch, each epoch in its own seeded order. ``batch(step)`` is ``[B, C, H, W]`` in ``[-1, 1]``."""
+
+    def __init__(self, images_uint8: torch.Tensor, batch_size: int, seed: int):
+        self.images = images_uint8
+        self.batch_size = batch_size
+        self.seed = seed
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._orders = {epoch: torch.randperm(len(self.images), generator=generator)}
+        return self._orders[epoch]
+
+    def batch(self, step: int) -> torch.Tensor:
+        n = len(self.images)
+        start = step * self.batch_size
+        pieces, remaining = [], self.batch_size
+        while remaining:
+            epoch, offset = divmod(start, n)
+            take = min(remaining, n - offset)
+            pieces.append(self._order(epoch)[offset : offset + take])
+            start, remaining = start + take, remaining - take
+        indices = torch.cat(pieces).to(self.images.device)
+        return to_model_range(self.images[indices])
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """Save ``[N, C, H, W]`` images in ``[-1, 1]`` as one PNG grid (atomically)."""
+    nrow = max(1, int(math.sqrt(images.shape[0])))
+    with atomic_write(path) as handle:
+        save_image(images.float().cpu(), handle, nrow=nrow, normalize=True, value_range=(-1, 1),
+                   format="png")
+
+
+class _Interval:
+    """Means of each loss over one logging interval."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+
+def _check_finite(losses: dict[str, float], step: int, last_checkpoint: int, run_dir: RunDir):
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            kept = (f"last good checkpoint (step {last_checkpoint}) kept"
+                    if last_checkpoint else "no checkpoint was written yet")
+            raise GenbenchError(
+                f"{run_dir.path}: loss '{name}' is {value} at step {step + 1}; "
+                f"training stopped, {kept}"
+            )
+
+
+def fit(
+    spec: RunSpec,
+    out: str | Path,
+    device: str = "auto",
+    fresh: bool = False,
+    progress: bool = True,
+    tensorboard: bool = False,
+    data_dir: str | Path | None = None,
+    allow_download: bool = True,
+    amp: bool = True,
+    stop_after: int | None = None,
+) -> FitResult:
+    """Train ``spec`` into ``<out>/<dataset>/<model>/<run-id>/``, resuming or skipping as needed.
+
+    ``stop_after`` ends the process's work after that many steps as if it were interrupted
+    (checkpoint written, status left ``running``): resume tests use it.
+    """
+    spec.train.validate()
+    run_dir = RunDir.for_spec(out, spec)
+    if fresh and run_dir.path.exists():
+        shutil.rmtree(run_dir.path)
+    if run_dir.is_complete():
+        config = run_dir.read_config() or {}
+        return FitResult(run_dir, "skipped", spec.train.steps, config.get("train_time_s", 0.0),
+                         config.get("final_losses", {}), config.get("parameters", 0))
+
+    torch_device = resolve_device(device)
+    seed_everything(spec.seed, torch_device)
+    data = load_images(spec.data.dataset, "train", spec.data.image_size, spec.data.limit,
+                       data_dir=data_dir, allow_download=allow_download)
+    image_shape = tuple(data.images.shape[1:])
+    model = build_model(spec, image_shape).to(torch_device)
+    model.build_optimizers()
+    use_amp = amp and torch_device.type == "cuda"
+    scaler = torch.amp.GradScaler(torch_device.type, enabled=use_amp)
+    ctx = StepContext(torch_device, scaler if use_amp else None)
+    stream = BatchStream(data.images.to(torch_device), spec.train.batch_size, spec.seed)
+
+    start_step, train_time, rows = 0, 0.0, []
+    interval = _Interval()
+    status = "trained"
+    if run_dir.checkpoint_path.is_file():
+        state = torch.load(run_dir.checkpoint_path, map_location=torch_device, weights_only=False)
+        model.load_state_dict(state["model"])
+        model.load_optimizer_state(state["optimizers"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_step, train_time = state["step"], state["train_time_s"]
+        rows = [r for r in run_dir.read_losses() if int(r["step"]) <= start_step]
+        interval.sums, interval.counts = state["interval"]
+        status = "resumed"
+
+    info = spec.to_dict() | provenance(torch_device) | {
+        "run_id": spec.run_id,
+        "status": STATUS_RUNNING,
+        "parameters": count_parameters(model),
+        "image_shape": list(image_shape),
+        "data_origin": data.origin,
+        "data_checksums": data.checksums,
+        "mixed_precision": use_amp,
+    }
+    run_dir.write_config(info)
+    writer = _tensorboard_writer(run_dir) if tensorboard else None
+    columns = ["step", "images", "time_s", *model.loss_names]
+
+    def checkpoint(step: int) -> None:
+        run_dir.write_losses(columns, rows)
+        torch_save({
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "train_time_s": train_time,
+            "model": model.state_dict(),
+            "optimizers": model.optimizer_state(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "interval": (interval.sums, interval.counts),
+        }, run_dir.checkpoint_path)
+
+    def grid(path: Path) -> None:
+        generator = torch.Generator().manual_seed(spec.train.grid_seed)
+        save_grid(model.sample(spec.train.grid_size, generator=generator), path)
+
+    total = spec.train.steps
+    end = total if stop_after is None else min(total, start_step + stop_after)
+    bar = _progress_bar(spec, start_step, total, progress)
+    last_checkpoint, losses = start_step, {}
+    model.train()
+    tick = time.perf_counter()
+    try:
+        for step in range(start_step, end):
+            batch = stream.batch(step)
+            losses = model.train_step(batch, step, ctx)
+            if use_amp:
+                scaler.update()
+            _check_finite(losses, step, last_checkpoint, run_dir)
+            interval.add(losses)
+            done = step + 1
+            if done % spec.train.log_every == 0 or done == total:
+                now = time.perf_counter()
+                train_time += now - tick
+                tick = now
+                row = {"step": done, "images": done * spec.train.batch_size,
+                       "time_s": round(train_time, 3), **interval.means()}
+                rows.append(row)
+                interval = _Interval()
+                if writer is not None:
+                    for name, value in row.items():
+                        if name not in ("step", "images", "time_s"):
+                            writer.add_scalar(f"loss/{name}", value, done)
+                if bar is not None:
+                    bar.set_postfix(_postfix(row, spec.train.batch_size, bar), refresh=False)
+            if bar is not None:
+                bar.update(1)
+            if done % spec.train.sample_every == 0 or done == total:
+                grid(run_dir.samples_dir / f"step_{done:07d}.png")
+            if done % spec.train.checkpoint_every == 0 or done == total or done == end:
+                checkpoint(done)
+                last_checkpoint = done
+    except GenbenchError:
+        info["status"] = STATUS_FAILED
+        run_dir.write_config(info)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+
+    if end < total:  # stopped early on purpose: resumable, not complete
+        return FitResult(run_dir, status, end, train_time, losses, info["parameters"])
+    shutil.copyfile(run_dir.samples_dir / f"step_{total:07d}.png", run_dir.samples_path)
+    final = {k: v for k, v in (rows[-1] if rows else {}).items()
+             if k not in ("step", "images", "time_s") and v not in ("", None)}
+    final = {k: float(v) for k, v in final.items()}
+    info |= {
+        "status": STATUS_COMPLETE,
+        "train_time_s": round(train_time, 3),
+        "images_per_s": round(total * spec.train.batch_size / max(train_time, 1e-9), 1),
+        "final_losses": final,
+    }
+    run_dir.write_config(info)
+    return FitResult(run_dir, status, total, train_time, final, info["parameters"])
+
+
+def _postfix(row: dict[str, Any], batch_size: int, bar) -> dict[str, str]:
+    shown = {k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "images", "time_s")}
+    rate = bar.format_dict.get("rate")
+    if rate:
+        shown["img/s"] = f"{rate * batch_size:.0f}"
+    return shown
+
+
+def _progress_bar(spec: RunSpec, start: int, total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"{spec.model} seed {spec.seed}", unit="step",
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=True)
+
+
+def _tensorboard_writer(run_dir: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise GenbenchError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir.path / "tensorboard"))

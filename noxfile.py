@@ -1,0 +1,30 @@
+"""Test sessions. `nox -s tests` is the default and what CI runs."""
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# pytest exits 5 when a marker selects no test; that is not a failure here.
+PYTEST_OK = [0, 5]
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """Fast tests (no `slow` or `benchmark` marker): under 10 minutes on 2 CPU cores."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "not slow and not benchmark", "--durations=10", *session.posargs,
+                success_codes=PYTEST_OK)
+
+
+@nox.session(reuse_venv=True)
+def slow(session: nox.Session) -> None:
+    """Long training and evaluation tests, marked `slow`."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "slow", "--durations=10", *session.posargs, success_codes=PYTEST_OK)
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "genbench", "tests", "noxfile.py")

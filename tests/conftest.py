@@ -1,0 +1,33 @@
+"""Shared fixtures: an isolated user cache per test session, tiny model configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TINY = {"base_width": 8, "latent_dim": 8, "comparator_width": 8}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the tests away from the user's cache and data settings."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    old = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "GENBENCH_DATA")}
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    os.environ.pop("GENBENCH_DATA", None)
+    yield cache
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def tiny_config(model_name: str):
+    """The model's default config shrunk to a few thousand parameters, for fast tests."""
+    from genbench.models import get_model_class
+
+    cls = get_model_class(model_name)
+    fields = cls.config_class.field_names()
+    return cls.config_class().with_overrides({k: v for k, v in TINY.items() if k in fields})
