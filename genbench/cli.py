@@ -123,8 +123,10 @@ def build_specs(models, dataset, budget, seeds, overrides, image_size, limit):
               help="Download missing datasets into the user cache.")
 @click.option("--tensorboard", is_flag=True, help="Also log losses to TensorBoard.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
+              help="Evaluate each run when its training ends (metrics.json).")
 def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, image_size, limit,
-        fresh, download, tensorboard, progress):
+        fresh, download, tensorboard, progress, evaluate):
     """Train models and write one run folder each under OUT/<dataset>/<model>/<run-id>/.
 
     Re-running the same command resumes unfinished runs and skips finished ones.
@@ -134,6 +136,7 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
       genbench run --models gvae,vae --dataset mnist --budget smoke
       genbench run --models wgan --set gradient_penalty=true --seeds 0,1,2
     """
+    from genbench.evaluation import evaluate_run
     from genbench.reporting.summary import print_run_table
     from genbench.training import fit
 
@@ -156,6 +159,10 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
         if result.status == "skipped":
             click.echo(f"skipped {spec.model} seed {spec.seed}: already complete in "
                        f"{result.run_dir.path}", err=True)
+        if evaluate and not (result.run_dir.path / "metrics.json").is_file():
+            click.echo(f"evaluating {spec.model} seed {spec.seed} ({budget} settings)", err=True)
+            evaluate_run(result.run_dir, device=device, data_dir=data_dir,
+                         allow_download=download)
         results.append((spec, result))
     print_run_table(results)
 
@@ -170,10 +177,44 @@ def _check_writable(out: Path) -> None:
         raise GenbenchError(f"cannot write to output folder {out}: {error.strerror}") from None
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--metrics", default=None, help="Comma-separated metric names (default: all).")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="test",
+              show_default=True, help="Tune on validation, report on test.")
+@click.option("--num-samples", type=int, default=None,
+              help="Generated samples for sample-based metrics (default: the budget's).")
+@click.option("--budget", type=click.Choice(["smoke", "standard", "paper"]), default=None,
+              help="Evaluation settings (default: the run's own budget).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--download/--no-download", default=True, show_default=True)
+def evaluate(run_dirs, metrics, split, num_samples, budget, device, data_dir, download):
+    """(Re)evaluate saved runs; results are merged into each run's metrics.json.
+
+    \b
+    Example:
+      genbench evaluate results/mnist/vae/* --metrics mmd,log_likelihood
+    """
+    from genbench.evaluation import METRICS, evaluate_run
+    from genbench.reporting.summary import print_metrics_table
+
+    names = _split_list(metrics) or None
+    for name in names or []:
+        METRICS.get(name)  # unknown names fail before any work
+    if num_samples is not None and num_samples < 2:
+        raise UsageError(f"--num-samples must be at least 2, got {num_samples}")
+    documents = []
+    for run_dir in run_dirs:
+        documents.append(evaluate_run(run_dir, names, split, num_samples, device, data_dir,
+                                      download, budget))
+    print_metrics_table(documents)
+
+
 @main.command(name="list")
-@click.argument("what", type=click.Choice(["models", "datasets"]))
+@click.argument("what", type=click.Choice(["models", "datasets", "metrics"]))
 def list_(what):
-    """List registered models or datasets with a one-line description.
+    """List registered models, datasets or metrics with a one-line description.
 
     \b
     Example:
@@ -184,6 +225,14 @@ def list_(what):
 
         for name in model_names():
             click.echo(f"{name:10s} {get_model_class(name).description()}")
+    elif what == "metrics":
+        from genbench.evaluation import METRICS
+
+        arrows = {"higher": "higher is better", "lower": "lower is better", "none": "not ranked"}
+        for name in METRICS.names():
+            entry = METRICS.get(name)
+            click.echo(f"{name:32s} {arrows[entry.direction]:17s} {entry.unit:14s} "
+                       f"{entry.description}")
     else:
         from genbench.data import DATASETS
 

@@ -143,6 +143,11 @@ class DeePSiM(LatentGenerator):
         per_example = squared.sum(1) if self.config.reduction == "sum" else squared.mean(1)
         return per_example.mean()
 
+    @property
+    def can_sample(self) -> bool:
+        """Only the variational model's prior samples mean anything (metrics check this)."""
+        return self.config.variational
+
     @evaluating
     def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
         """q(z|x) (``variational`` only), event shape ``[latent_dim]``."""

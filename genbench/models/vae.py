@@ -54,9 +54,10 @@ class VAE(GenerativeModel):
     - ``gaussian``: ``N(mean(z), sigma^2)`` on continuous pixels in ``[-1, 1]``, one learned
       ``sigma`` for all pixels.
 
-    Likelihood protocol: ``prior()``, ``observation_model(z)`` (event shape ``[C, H, W]``, over
-    ``{0, 1}`` or ``[-1, 1]`` pixels as above), ``approximate_posterior(x)`` with ``x`` in
-    ``[-1, 1]`` (the encoder sees the continuous image in both cases).
+    Likelihood protocol: ``prior()``, ``observation_model(z)`` (event shape ``[C, H, W]``) and
+    ``approximate_posterior(x)`` take the data in the observation model's space: binarized
+    ``{0, 1}`` pixels for ``bernoulli`` (the encoder sees them as ``{-1, 1}``, as in training),
+    continuous ``[-1, 1]`` pixels for ``gaussian``.
     """
 
     config_class = VAEConfig
@@ -95,13 +96,22 @@ class VAE(GenerativeModel):
 
     @evaluating
     def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
-        """q(z|x) for ``x [B, C, H, W]`` in ``[-1, 1]``; event shape ``[latent_dim]``."""
-        return self._posterior(x)
+        """q(z|x) for ``x [B, C, H, W]`` in the observation space (``{0, 1}`` for bernoulli,
+        ``[-1, 1]`` for gaussian); event shape ``[latent_dim]``."""
+        return self._posterior(self._encoder_input(x))
+
+    def _encoder_input(self, observed: torch.Tensor) -> torch.Tensor:
+        return observed * 2 - 1 if self.config.observation == "bernoulli" else observed
 
     @evaluating
     def observation_model(self, z: torch.Tensor) -> D.Distribution:
         """p(x|z) for ``z [B, latent_dim]``; event shape ``[C, H, W]`` (see class docstring)."""
         return self._observation(z)
+
+    @property
+    def observation_space(self) -> str:
+        """``binary`` (Bernoulli on {0, 1} pixels) or ``continuous``: what the metrics feed it."""
+        return "binary" if self.config.observation == "bernoulli" else "continuous"
 
     def observed(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The data the observation model scores: binarized for Bernoulli, ``x`` itself otherwise."""
@@ -113,7 +123,7 @@ class VAE(GenerativeModel):
         optimizer = self.optimizers["adam"]
         target = self.observed(batch)
         with ctx.autocast():
-            posterior = self._posterior(batch)
+            posterior = self._posterior(self._encoder_input(target))
             z = posterior.rsample()
             decoded = self.decoder(z)
         with ctx.full_precision():
