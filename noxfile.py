@@ -13,6 +13,8 @@ PYTEST_OK = [0, 5]
 def tests(session: nox.Session) -> None:
     """Fast tests (no `slow` or `benchmark` marker): under 10 minutes on 2 CPU cores."""
     session.install("-e", ".[dev]")
+    # Small matrices: OpenBLAS threads only add overhead on a 2-core machine (see genbench/cli.py).
+    session.env["OPENBLAS_NUM_THREADS"] = "1"
     session.run("pytest", "-m", "not slow and not benchmark", "--durations=10", *session.posargs,
                 success_codes=PYTEST_OK)
 
@@ -21,6 +23,7 @@ def tests(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """Long training and evaluation tests, marked `slow`."""
     session.install("-e", ".[dev]")
+    session.env["OPENBLAS_NUM_THREADS"] = "1"
     session.run("pytest", "-m", "slow", "--durations=10", *session.posargs, success_codes=PYTEST_OK)
 
 

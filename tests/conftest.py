@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Before numpy is imported: small BLAS calls are much slower with two OpenBLAS threads here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 TINY = {"base_width": 8, "latent_dim": 8, "comparator_width": 8}
 

@@ -30,8 +30,17 @@ def test_list_models_and_datasets():
     assert {"mnist", "fashion-mnist", "cifar10"} <= {row.split()[0] for row in datasets.output.splitlines()}
 
 
+def test_run_evaluates_each_run_when_training_ends(tmp_path):
+    result = invoke("run", "--models", "vae", "--out", str(tmp_path), *TINY_RUN)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(next(tmp_path.glob("mnist/vae/*/metrics.json")).read_text())["metrics"]
+    assert metrics["log_likelihood"]["status"] == "ok" and metrics["fid"]["status"] == "ok"
+    assert "MMD^2" in result.stdout and "FID" in result.stdout
+
+
 def test_run_writes_folders_prints_table_and_skips_on_rerun(tmp_path):
-    args = ["run", "--models", "gvae,vae", "--dataset", "mnist", "--out", str(tmp_path), *TINY_RUN]
+    args = ["run", "--models", "gvae,vae", "--dataset", "mnist", "--out", str(tmp_path), "--no-eval",
+            *TINY_RUN]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     folders = sorted(p.relative_to(tmp_path).parts[:2] for p in tmp_path.glob("*/*/*/config.json"))
@@ -46,7 +55,8 @@ def test_run_writes_folders_prints_table_and_skips_on_rerun(tmp_path):
 
 
 def test_seeds_give_one_folder_each(tmp_path):
-    result = invoke("run", "--models", "vae", "--seeds", "0,1", "--out", str(tmp_path), *TINY_RUN)
+    result = invoke("run", "--models", "vae", "--seeds", "0,1", "--out", str(tmp_path), "--no-eval",
+                    *TINY_RUN)
     assert result.exit_code == 0, result.output
     assert len(list(tmp_path.glob("mnist/vae/*seed0-*"))) == 1
     assert len(list(tmp_path.glob("mnist/vae/*seed1-*"))) == 1

@@ -45,7 +45,7 @@ def _per_example(result: PerExampleResult, **settings) -> dict[str, Any]:
 
 def _references(ctx: EvalContext) -> dict[str, Any]:
     s = ctx.settings
-    return dataset_references(ctx.spec.data.dataset, s.num_generated, s.ms_ssim_pairs, s.seed,
+    return dataset_references(ctx.dataset, s.num_generated, s.ms_ssim_pairs, s.seed,
                               ctx.data_dir, ctx.allow_download)
 
 
@@ -91,80 +91,135 @@ def _has_encoder(model) -> bool:
 
 
 def likelihood_problem(ctx: EvalContext) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-    """Cached per evaluation: choosing sigma is the expensive part, shared by three metrics."""
-    if "likelihood_problem" not in ctx.cache:
-        ctx.cache["likelihood_problem"] = _likelihood_problem(ctx)
-    return ctx.cache["likelihood_problem"]
+    """``(protocol model, first is_examples images of the split in the model's data space,
+    description)``. Cached: choosing sigma is the expensive part, shared by several metrics."""
+    if "likelihood_model" not in ctx.cache:
+        ctx.cache["likelihood_model"] = _likelihood_model(ctx)
+    model, description = ctx.cache["likelihood_model"]
+    return model, likelihood_data(ctx, ctx.split, ctx.settings.is_examples), description
 
 
-def _likelihood_problem(ctx: EvalContext) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-    """``(protocol model, data in the model's space, description)`` for likelihood metrics.
+def likelihood_data(ctx: EvalContext, split: str, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``split`` in the space the likelihood is measured in.
 
-    - Bernoulli models score test images binarized once with a fixed seed.
-    - Continuous models score uniformly dequantized data, ``x01 = (k + u) / 256``; the model
-      works on ``x = 2 x01 - 1``, so the density on ``[0, 1]`` data adds ``D ln 2`` nats
-      (``shift_nats``), the change of variables.
-    - Models without a pixel likelihood (GANs, GVAE, DeePSiM) get a Gaussian observation model
-      ``N(G(z), sigma^2 I)`` with one ``sigma`` chosen on validation images from a fixed grid.
+    - Bernoulli models: binarized once with a fixed seed, ``{0, 1}``.
+    - Continuous models: uniformly dequantized, ``x01 = (k + u) / 256``, mapped to the model's
+      ``x = 2 x01 - 1``; the density on ``[0, 1]`` data adds ``D ln 2`` nats (``shift_nats``).
     """
-    from genbench.metrics import GaussianObservation, dequantize, select_sigma
+    from genbench.metrics import dequantize
 
-    model, s = ctx.model, ctx.settings
-    if not hasattr(model, "prior") or not getattr(model, "can_sample", True):
+    key = ("likelihood_data", split, n)
+    if key not in ctx.cache:
+        images = ctx.real_at_model_size(split)[:n]
+        offset = {"train": 10, "validation": 20, "test": 30}[split]
+        if getattr(ctx.model, "observation_space", "continuous") == "binary":
+            data = torch.bernoulli(images.double() / 255, generator=ctx.generator(offset)).float()
+        else:
+            data = dequantize(images, generator=ctx.generator(offset)) * 2 - 1
+        ctx.cache[key] = data
+    return ctx.cache[key]
+
+
+def _likelihood_model(ctx: EvalContext) -> tuple[Any, dict[str, Any]]:
+    """The protocol object to score and how: the model itself when it has a pixel likelihood;
+    for models without one (GANs, GVAE, DeePSiM) a Gaussian observation model ``N(G(z), sigma^2 I)``
+    with one ``sigma`` chosen on validation images from a fixed grid (Wu et al. 2017)."""
+    from genbench.metrics import GaussianObservation, select_sigma
+
+    model, s = ctx.require_model("prior"), ctx.settings
+    if not getattr(model, "can_sample", True):
         raise NotApplicable("the model has no latent prior to integrate over")
-    images = ctx.real_at_model_size()[: s.is_examples]
-    dims = images[0].numel()
     if getattr(model, "observation_space", "continuous") == "binary":
-        generator = ctx.generator(2)
-        data = torch.bernoulli(images.double() / 255, generator=generator).float()
-        return model, data, {"data_space": "binarized {0,1}", "observation": "bernoulli",
-                             "shift_nats": 0.0}
-    data = dequantize(images, generator=ctx.generator(2)) * 2 - 1
-    shift = dims * LN2
-    description = {"data_space": "dequantized [0,1]", "shift_nats": shift,
+        return model, {"data_space": "binarized {0,1}", "observation": "bernoulli",
+                       "shift_nats": 0.0}
+    dims = model.image_shape[0] * model.image_shape[1] * model.image_shape[2]
+    description = {"data_space": "dequantized [0,1]", "shift_nats": dims * LN2,
                    "shift_note": "density on [0,1] data: model's [-1,1] density + D ln 2"}
     if hasattr(model, "observation_model"):
-        return model, data, description | {"observation": "model's own (continuous)"}
+        return model, description | {"observation": "model's own (continuous)"}
     if not hasattr(model, "generate"):
         raise NotApplicable("the model has neither an observation model nor a generator")
-    validation = dequantize(ctx.real_at_model_size("validation")[: s.sigma_examples],
-                            generator=ctx.generator(3)) * 2 - 1
+    validation = likelihood_data(ctx, "validation", s.sigma_examples)
     sigma, table = select_sigma(model, validation.to(ctx.device), grid=s.sigma_grid, method="ais",
                                 generator=ctx.generator(7), chains=s.ais_chains,
                                 steps=max(s.ais_steps // 4, 10),
                                 initial_step_size=AIS_INITIAL_STEP_SIZE)
-    wrapped = GaussianObservation(model, sigma)
-    return wrapped, data, description | {
+    return GaussianObservation(model, sigma), description | {
         "observation": f"gaussian, sigma={sigma:g} chosen on {len(validation)} validation images",
         "sigma": sigma, "sigma_grid": {str(k): v for k, v in dict(table).items()}}
 
+
+def split_log_likelihood(ctx: EvalContext, split: str) -> tuple[PerExampleResult, dict[str, Any]]:
+    """Per-example log p(x) (nats, shifted to the reported data space) on ``split``: exact where
+    the model has a closed form, importance sampling with an encoder, AIS otherwise."""
+    from genbench.metrics import log_likelihood
+
+    key = ("log_likelihood", split)
+    if key in ctx.cache:
+        return ctx.cache[key]
+    likelihood_problem(ctx)
+    model, description = ctx.cache["likelihood_model"]
+    s = ctx.settings
+    if hasattr(model, "marginal"):  # exact, e.g. probabilistic PCA
+        data = likelihood_data(ctx, split, s.is_examples).to(ctx.device)
+        with torch.no_grad():
+            exact = model.marginal().log_prob(data.flatten(1).double()).cpu()
+        result = PerExampleResult(exact, None, len(exact), {"method": "exact"})
+    elif _has_encoder(model):
+        data = likelihood_data(ctx, split, s.is_examples).to(ctx.device)
+        result = log_likelihood(model, data, num_samples=s.is_samples, method="is",
+                                generator=ctx.generator(4))
+    else:
+        data = likelihood_data(ctx, split, s.ais_examples).to(ctx.device)
+        result = log_likelihood(model, data, method="ais", chains=s.ais_chains, steps=s.ais_steps,
+                                generator=ctx.generator(4), initial_step_size=AIS_INITIAL_STEP_SIZE)
+    shifted = PerExampleResult(result.value.double().cpu() + description["shift_nats"],
+                               result.std_error, result.num_samples, result.settings)
+    ctx.cache[key] = (shifted, description)
+    return ctx.cache[key]
 
 
 @register_metric("log_likelihood", "higher", "nats",
                  "log p(x) per test image: importance sampling with q(z|x), or AIS without an "
                  "encoder; the data space and observation model are stated")
 def compute_log_likelihood(ctx: EvalContext) -> dict[str, Any]:
-    from genbench.metrics import bits_per_dim, log_likelihood
+    from genbench.metrics import bits_per_dim
 
-    model, data, description = likelihood_problem(ctx)
-    s = ctx.settings
-    if hasattr(model, "marginal"):  # exact, e.g. probabilistic PCA
-        with torch.no_grad():
-            exact = model.marginal().log_prob(data.to(ctx.device).flatten(1).double()).cpu()
-        result = PerExampleResult(exact, None, len(exact), {"method": "exact"})
-    elif _has_encoder(model):
-        result = log_likelihood(model, data.to(ctx.device), num_samples=s.is_samples, method="is",
-                                generator=ctx.generator(4))
-    else:
-        data = data[: s.ais_examples]
-        result = log_likelihood(model, data.to(ctx.device), method="ais", chains=s.ais_chains,
-                                steps=s.ais_steps, generator=ctx.generator(4),
-                                initial_step_size=AIS_INITIAL_STEP_SIZE)
-    shifted = PerExampleResult(result.value.double().cpu() + description["shift_nats"],
-                               result.std_error, result.num_samples, result.settings)
-    out = _per_example(shifted, **description, split=ctx.split)
-    out["settings"]["bits_per_dim"] = float(bits_per_dim(shifted.value.mean(), data[0].numel()))
+    result, description = split_log_likelihood(ctx, ctx.split)
+    out = _per_example(result, **description, split=ctx.split)
+    dims = int(torch.tensor(ctx.model.image_shape).prod())
+    out["settings"]["bits_per_dim"] = float(bits_per_dim(result.value.mean(), dims))
     return out
+
+
+@register_metric("log_likelihood_gap", "none", "nats",
+                 "Memorisation check: mean log p(x) on training images minus on the evaluation "
+                 "split (same estimator, same number of images)")
+def compute_log_likelihood_gap(ctx: EvalContext) -> dict[str, Any]:
+    train, description = split_log_likelihood(ctx, "train")
+    held_out, _ = split_log_likelihood(ctx, ctx.split)
+    gap = train.value - held_out.value  # unpaired images: the spread of each mean adds up
+    value = float(train.value.mean() - held_out.value.mean())
+    sem = math.sqrt(float(train.value.var() / len(train.value) + held_out.value.var() / len(held_out.value)))
+    return {"value": value, "std": sem, "ci_low": value - 1.96 * sem, "ci_high": value + 1.96 * sem,
+            "num_samples": len(gap), "settings": {**description, "train": float(train.value.mean()),
+                                                  "held_out": float(held_out.value.mean()),
+                                                  "held_out_split": ctx.split,
+                                                  "std_is": "standard error of the difference"}}
+
+
+@register_metric("active_units", "none", "units",
+                 "Latent units with Cov_x(E_q[z_j]) > 0.01 (Burda et al. 2016); n/a without an "
+                 "encoder")
+def compute_active_units(ctx: EvalContext) -> dict[str, Any]:
+    from genbench.metrics.diagnostics import active_units
+
+    if not _has_encoder(ctx.require_model()):
+        raise NotApplicable("no encoder")
+    model, data, _ = likelihood_problem(ctx)
+    means = torch.cat([model.approximate_posterior(chunk.to(ctx.device)).mean.detach().cpu()
+                       for chunk in data.split(500)])
+    return _scalar(active_units(means), split=ctx.split)
 
 
 @register_metric("elbo", "higher", "nats",
@@ -172,7 +227,7 @@ def compute_log_likelihood(ctx: EvalContext) -> dict[str, Any]:
 def compute_elbo(ctx: EvalContext) -> dict[str, Any]:
     from genbench.metrics import elbo
 
-    if not _has_encoder(ctx.model):
+    if not _has_encoder(ctx.require_model()):
         raise NotApplicable("no encoder")
     model, data, description = likelihood_problem(ctx)
     result = elbo(model, data.to(ctx.device), num_samples=1, generator=ctx.generator(5))
@@ -185,7 +240,7 @@ def compute_elbo(ctx: EvalContext) -> dict[str, Any]:
 def compute_kl(ctx: EvalContext) -> dict[str, Any]:
     from genbench.metrics import kl
 
-    if not _has_encoder(ctx.model):
+    if not _has_encoder(ctx.require_model()):
         raise NotApplicable("no encoder")
     model, data, description = likelihood_problem(ctx)
     result = kl(model, data.to(ctx.device))
@@ -222,8 +277,7 @@ def _reconstructions(ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
     from genbench.data import to_model_range
 
     if "reconstructions" not in ctx.cache:
-        if not hasattr(ctx.model, "reconstruct"):
-            raise NotApplicable("no encoder")
+        ctx.require_model("reconstruct")
         images = to_model_range(ctx.real_at_model_size()[: ctx.settings.reconstruction_examples])
         outputs = [ctx.model.reconstruct(chunk.to(ctx.device)).float().cpu()
                    for chunk in images.split(500)]

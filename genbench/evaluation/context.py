@@ -1,4 +1,5 @@
-"""What evaluating one run needs: the trained model, its data and the tensors metrics share."""
+"""What evaluating one run (or one file of outside samples) needs: the model if there is one, the
+dataset, and the tensors several metrics share, computed once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from genbench.core.errors import GenbenchError
 from genbench.data import get_dataset, load_images, to_model_range
+from genbench.evaluation.registry import NotApplicable
 from genbench.evaluation.settings import EvalSettings
 from genbench.training.harness import build_model
 from genbench.training.rundir import RunDir
@@ -32,63 +34,86 @@ def load_trained_model(run_dir: RunDir, device: torch.device):
 
 
 class EvalContext:
-    """Lazily computed tensors shared by the metrics of one evaluation."""
+    """Lazily computed tensors shared by the metrics of one evaluation.
 
-    def __init__(self, run_dir: RunDir, spec: RunSpec, model, settings: EvalSettings, split: str,
-                 device: torch.device, data_dir: str | Path | None = None,
-                 allow_download: bool = True):
-        self.run_dir, self.spec, self.model = run_dir, spec, model
-        self.settings, self.split, self.device = settings, split, device
+    Either ``model`` is a trained model (samples are drawn from it) or ``samples`` holds outside
+    images ``[N, C, H, W]`` in ``[-1, 1]`` at the dataset's native size; metrics that need a model
+    raise :class:`NotApplicable` for the latter.
+    """
+
+    def __init__(self, dataset: str, settings: EvalSettings, split: str, device: torch.device,
+                 model=None, image_size: int | None = None, samples: torch.Tensor | None = None,
+                 output_dir: Path | None = None, data_dir: str | Path | None = None,
+                 allow_download: bool = True, feature_extractor: str = "classifier"):
+        self.dataset, self.settings, self.split, self.device = dataset, settings, split, device
+        self.model, self.image_size, self.output_dir = model, image_size, output_dir
         self.data_dir, self.allow_download = data_dir, allow_download
-        self.info = get_dataset(spec.data.dataset)
-        self.model_size = model.image_shape[-1]
+        self.feature_extractor = feature_extractor
+        self.info = get_dataset(dataset)
         self.native_size = self.info.native_size
-        self.cache: dict = {}  # tensors shared by several metrics (sigma choice, reconstructions)
+        self.model_size = model.image_shape[-1] if model is not None else self.native_size
+        self._external_samples = samples
+        self.cache: dict = {}  # tensors shared by several metrics (sigma choice, features...)
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.settings.seed + offset)
 
-    @functools.cached_property
-    def real_native(self) -> torch.Tensor:
-        """The split's images at the dataset's native size, ``uint8 [N, C, H, W]``."""
-        return load_images(self.spec.data.dataset, self.split, data_dir=self.data_dir,
+    def require_model(self, *methods: str):
+        """The model, if it has all ``methods``; else :class:`NotApplicable`."""
+        if self.model is None:
+            raise NotApplicable("needs a model, not only samples")
+        missing = [m for m in methods if not hasattr(self.model, m)]
+        if missing:
+            raise NotApplicable(f"the model has no {', '.join(missing)}")
+        return self.model
+
+    def images(self, split: str, size: int | None = None) -> torch.Tensor:
+        """``uint8 [N, C, H, W]`` images of ``split`` (``size`` None: native)."""
+        return load_images(self.dataset, split, image_size=size, data_dir=self.data_dir,
                            allow_download=self.allow_download).images
 
-    @functools.cached_property
-    def real_labels(self) -> torch.Tensor:
-        return load_images(self.spec.data.dataset, self.split, data_dir=self.data_dir,
+    def labels(self, split: str) -> torch.Tensor:
+        return load_images(self.dataset, split, data_dir=self.data_dir,
                            allow_download=self.allow_download).labels
+
+    @functools.cached_property
+    def real_native(self) -> torch.Tensor:
+        """The evaluation split at native size, ``uint8 [N, C, H, W]``."""
+        return self.images(self.split)
 
     def real_at_model_size(self, split: str | None = None) -> torch.Tensor:
         """Images of ``split`` at the size the model was trained on, ``uint8``."""
-        return load_images(self.spec.data.dataset, split or self.split,
-                           image_size=self.spec.data.image_size, data_dir=self.data_dir,
-                           allow_download=self.allow_download).images
+        return self.images(split or self.split, self.image_size)
 
     @property
     def resized(self) -> bool:
         return self.model_size != self.native_size
 
-    @functools.cached_property
+    @property
     def samples_native(self) -> torch.Tensor:
-        """``num_generated`` samples, float ``[N, C, H, W]`` in ``[-1, 1]`` at native size
-        (resized with antialiasing when the model was trained at another size)."""
-        if not getattr(self.model, "can_sample", True):
-            from genbench.evaluation.registry import NotApplicable
+        """The ``num_generated`` samples of MMD and MS-SSIM (see :meth:`samples`)."""
+        return self.samples(self.settings.num_generated)
 
-            raise NotApplicable("the model does not sample from a prior")
-        generator = self.generator(1)
-        chunks = []
-        remaining = self.settings.num_generated
-        while remaining:
-            n = min(remaining, 500)
-            chunks.append(self.model.sample(n, generator=generator).float().cpu())
-            remaining -= n
-        samples = torch.cat(chunks)
-        if self.resized:
-            samples = F.interpolate(samples, size=(self.native_size,) * 2, mode="bilinear",
-                                    antialias=True, align_corners=False).clamp(-1, 1)
-        return samples
+    def samples(self, n: int) -> torch.Tensor:
+        """``n`` samples, float ``[n, C, H, W]`` in ``[-1, 1]`` at native size (resized with
+        antialiasing when the model was trained at another size); drawn once per ``n`` with the
+        evaluation seed, or the first ``n`` outside images."""
+        if self._external_samples is not None:
+            return self._external_samples[:n]
+        key = ("samples", n)
+        if key not in self.cache:
+            model = self.require_model("sample")
+            if not getattr(model, "can_sample", True):
+                raise NotApplicable("the model does not sample from a prior")
+            generator = self.generator(1)
+            chunks = [model.sample(min(500, n - done), generator=generator).float().cpu()
+                      for done in range(0, n, 500)]
+            samples = torch.cat(chunks)
+            if self.resized:
+                samples = F.interpolate(samples, size=(self.native_size,) * 2, mode="bilinear",
+                                        antialias=True, align_corners=False).clamp(-1, 1)
+            self.cache[key] = samples
+        return self.cache[key]
 
     def real_subset(self, n: int, offset: int = 0) -> torch.Tensor:
         """The first ``n`` real images after ``offset`` at native size, float in ``[-1, 1]``."""

@@ -14,7 +14,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-SUMMARY_METRICS = (("mmd", "MMD^2"), ("ms_ssim_diversity", "MS-SSIM"),
+SUMMARY_METRICS = (("mmd", "MMD^2"), ("ms_ssim_diversity", "MS-SSIM"), ("fid", "FID"),
                    ("log_likelihood", "log p(x) nats"))
 
 

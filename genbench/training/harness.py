@@ -89,9 +89,9 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
     """Save ``[N, C, H, W]`` images in ``[-1, 1]`` as one PNG grid (atomically)."""
-    nrow = max(1, int(math.sqrt(images.shape[0])))
+    nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
     with atomic_write(path) as handle:
         save_image(images.float().cpu(), handle, nrow=nrow, normalize=True, value_range=(-1, 1),
                    format="png")
@@ -281,8 +281,10 @@ def _progress_bar(spec: RunSpec, start: int, total: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
+    # Redrawn twice a second on a terminal; in a log file (CI, cluster jobs) one line a minute.
+    interval = 0.5 if sys.stderr.isatty() else 60
     return tqdm(total=total, initial=start, desc=f"{spec.model} seed {spec.seed}", unit="step",
-                file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=True)
+                file=sys.stderr, dynamic_ncols=True, mininterval=interval, leave=True)
 
 
 def _tensorboard_writer(run_dir: RunDir):

@@ -1,0 +1,1 @@
+"""Feature extractors that need no download: small classifiers the suite trains on each dataset."""
