@@ -2,7 +2,8 @@
 
 Measured on 2 CPU cores, a small conv decoder takes about 2-3.5 s per 5,000 samples, so importance
 sampling with k = 5000 on the 10,000 test images would take hours: ``standard`` uses k = 250 on a
-fixed 1,000-image test subset instead, and ``paper`` the published settings, for a GPU.
+fixed 1,000-image test subset instead (AIS, for models without an encoder, 8 chains x 200 steps on
+16 images), and ``paper`` the published settings, for a GPU.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ EVAL_SETTINGS = {
                           reconstruction_examples=200, fid_samples=1000, fid_bootstrap=5,
                           nn_train_images=5000, fid_real_images=2000),
     "standard": EvalSettings(num_generated=2000, ms_ssim_pairs=1000, is_samples=250,
-                             is_examples=1000, ais_examples=32, ais_chains=8, ais_steps=300,
-                             sigma_examples=64),
+                             is_examples=1000, ais_examples=16, ais_chains=8, ais_steps=200,
+                             sigma_examples=16, fid_bootstrap=10),
     "paper": EvalSettings(num_generated=10000, ms_ssim_pairs=10000, is_samples=5000,
                           is_examples=10000, ais_examples=1000, ais_chains=16, ais_steps=10000,
                           sigma_examples=1000, reconstruction_examples=10000, fid_samples=50000,
