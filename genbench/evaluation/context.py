@@ -72,10 +72,6 @@ class EvalContext:
         return load_images(self.dataset, split, image_size=size, data_dir=self.data_dir,
                            allow_download=self.allow_download).images
 
-    def labels(self, split: str) -> torch.Tensor:
-        return load_images(self.dataset, split, data_dir=self.data_dir,
-                           allow_download=self.allow_download).labels
-
     @functools.cached_property
     def real_native(self) -> torch.Tensor:
         """The evaluation split at native size, ``uint8 [N, C, H, W]``."""

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -225,11 +225,6 @@ class GenerativeModel(nn.Module):
         if generator is not None:
             return torch.randn(*shape, generator=generator).to(self.device)
         return torch.randn(*shape, device=self.device)
-
-
-def parameters_of(*modules: nn.Module) -> Iterator[nn.Parameter]:
-    for module in modules:
-        yield from module.parameters()
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
