@@ -3,6 +3,7 @@ commands so ``genbench --help`` is fast."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ class GenbenchGroup(click.Group):
                 raise
             click.echo(f"genbench: error: {error}", err=True)
             sys.exit(error.exit_code)
+        except click.UsageError as error:  # click's own (bad option value...): one line too
+            if ctx.meta.get("genbench.debug"):
+                raise
+            where = f" (see genbench {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
+            click.echo(f"genbench: error: {error.format_message()}{where}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("genbench: interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
@@ -48,92 +55,86 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _split_list(value: str | None) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
+    from genbench.experiments.plan import split_list
+
+    return split_list(value)
 
 
-def parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set expects key=value, got '{pair}'")
-        overrides[key.strip()] = value.strip()
-    return overrides
+def _seed_list(seed: int | None, seeds: str | None, default: list[int]) -> list[int]:
+    from genbench.experiments.plan import parse_seeds
+
+    if seed is not None and seeds is not None:
+        raise UsageError("give --seed or --seeds, not both")
+    if seed is not None:
+        if seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {seed}")
+        return [seed]
+    return parse_seeds(seeds) if seeds is not None else default
 
 
-def build_specs(models, dataset, budget, seeds, overrides, image_size, limit):
-    """One :class:`RunSpec` per model and seed, with typed, validated overrides.
+def _shared_run_options(function):
+    """Options common to ``run`` and ``sweep``."""
+    options = [
+        click.option("--models", required=True, help="Comma-separated model names, e.g. gvae,vae."),
+        click.option("--dataset", default="mnist", show_default=True, help="A registered dataset."),
+        click.option("--budget", type=click.Choice(["smoke", "standard", "paper"]), default="smoke",
+                     show_default=True,
+                     help="Fixed step counts: smoke (minutes), standard, paper (GPU)."),
+        click.option("--seed", type=int, default=None, help="One seed."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Typed config override, repeatable (latent_dim=500, gvae.dropout=0.2, steps=50)."),
+        click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the dataset's files (never written to)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--image-size", type=int, default=None,
+                     help="Square side in pixels (default: native)."),
+        click.option("--limit", type=int, default=None, help="Train on the first N training images only."),
+        click.option("--fresh", is_flag=True,
+                     help="Delete existing run folders of these runs and start over."),
+        click.option("--download/--no-download", default=True, show_default=True,
+                     help="Download missing datasets into the user cache."),
+        click.option("--tensorboard", is_flag=True, help="Also log losses to TensorBoard."),
+        click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+        click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
+                     help="Evaluate each run when its training ends (metrics.json)."),
+        click.option("--metrics", default=None,
+                     help="Comma-separated metrics to evaluate (default: all that apply)."),
+        click.option("--jobs", type=int, default=1, show_default=True,
+                     help="Runs trained in parallel processes on this machine."),
+        click.option("--report/--no-report", "write_report", default=True, show_default=True,
+                     help="Rebuild OUT/results.csv and OUT/report/ at the end."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
-    A key applies to every model whose config has it (``model.key`` scopes it to one model) and
-    to the harness settings (``steps``, ``batch_size``...). A key that nothing has is an error.
-    """
-    from genbench.core.registry import closest
-    from genbench.data import get_dataset
-    from genbench.models import get_model_class
-    from genbench.training import DataConfig, RunSpec
-    from genbench.training.budgets import train_config_for
 
-    info = get_dataset(dataset)
-    classes = {name: get_model_class(name) for name in models}
-    train_base = train_config_for(budget)
-    train_keys = set(train_base.field_names())
-    known = set(train_keys)
-    for name, cls in classes.items():
-        known |= set(cls.config_class.field_names())
-        known |= {f"{name}.{key}" for key in cls.config_class.field_names()}
-    for key in overrides:
-        scope, dot, bare = key.rpartition(".")
-        if dot and scope not in classes:
-            raise UsageError(f"--set {key}: '{scope}' is not one of the models run ({', '.join(models)})")
-        if key not in known:
-            raise UsageError(f"--set: unknown config key '{key}'{closest(key, sorted(known))}")
+def _print_outcomes(batch, out: str, group_by: list[str]) -> None:
+    from genbench.reporting.report import comparison_text
+    from genbench.reporting.summary import print_run_table
 
-    train_overrides = {k: v for k, v in overrides.items() if k in train_keys}
-    train = train_base.with_overrides(train_overrides)
-    train.validate()
-    size = image_size or info.native_size
-    image_shape = (info.channels, size, size)
-    specs = []
-    for name, cls in classes.items():
-        fields = set(cls.config_class.field_names())
-        mine = {k: v for k, v in overrides.items() if k in fields}
-        mine |= {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{name}.")}
-        config = cls.config_class().with_overrides(mine)
-        config.validate(image_shape)
-        for seed in seeds:
-            specs.append(RunSpec(
-                model=name, model_config=config.to_dict(),
-                data=DataConfig(dataset=dataset, image_size=image_size, limit=limit),
-                train=train, budget=budget, seed=seed,
-            ))
-    return specs
+    print_run_table(batch.outcomes)
+    if len(batch.failed) < len(batch.outcomes):
+        click.echo("")
+        click.echo(comparison_text(out, batch.run_ids, group_by))
+    if batch.report is not None:
+        click.echo(f"\nreport: {batch.report.index}  (table data: {batch.report.results_csv})")
+    if batch.failed:
+        for outcome in batch.failed:
+            click.echo(f"genbench: failed: {outcome.spec.model} seed {outcome.spec.seed}: "
+                       f"{outcome.error}", err=True)
+        raise GenbenchError(f"{len(batch.failed)} of {len(batch.outcomes)} runs failed; fix the "
+                            "cause and re-run the same command to finish them")
 
 
 @main.command()
-@click.option("--models", required=True, help="Comma-separated model names, e.g. gvae,vae.")
-@click.option("--dataset", default="mnist", show_default=True, help="A registered dataset.")
-@click.option("--budget", type=click.Choice(["smoke", "standard", "paper"]), default="smoke",
-              show_default=True, help="Fixed step counts: smoke (minutes), standard, paper (GPU).")
-@click.option("--seed", type=int, default=None, help="One seed (default 0).")
-@click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Typed config override, repeatable (latent_dim=500, gvae.dropout=0.2, steps=50).")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the dataset's files (never written to).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--image-size", type=int, default=None, help="Square side in pixels (default: native).")
-@click.option("--limit", type=int, default=None, help="Train on the first N training images only.")
-@click.option("--fresh", is_flag=True, help="Delete existing run folders of these runs and start over.")
-@click.option("--download/--no-download", default=True, show_default=True,
-              help="Download missing datasets into the user cache.")
-@click.option("--tensorboard", is_flag=True, help="Also log losses to TensorBoard.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
-              help="Evaluate each run when its training ends (metrics.json).")
+@_shared_run_options
+@click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2 (default: 0).")
 def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, image_size, limit,
-        fresh, download, tensorboard, progress, evaluate):
-    """Train models and write one run folder each under OUT/<dataset>/<model>/<run-id>/.
+        fresh, download, tensorboard, progress, evaluate, metrics, jobs, write_report):
+    """Train models and write one run folder each under OUT/<dataset>/<model>/<run-id>/, evaluate
+    them, print a comparison table and rebuild the report in OUT/report/.
 
     Re-running the same command resumes unfinished runs and skips finished ones.
 
@@ -142,45 +143,78 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
       genbench run --models gvae,vae --dataset mnist --budget smoke
       genbench run --models wgan --set gradient_penalty=true --seeds 0,1,2
     """
-    from genbench.evaluation import evaluate_run
-    from genbench.reporting.summary import print_run_table
-    from genbench.training import fit
+    from genbench import api
 
-    if seed is not None and seeds is not None:
-        raise UsageError("give --seed or --seeds, not both")
-    try:
-        seed_list = [int(s) for s in _split_list(seeds)] if seeds is not None else [seed or 0]
-    except ValueError:
-        raise UsageError(f"--seeds expects comma-separated integers, got '{seeds}'") from None
-    model_list = _split_list(models)
-    if not model_list:
-        raise UsageError("--models needs at least one model name")
-    specs = build_specs(model_list, dataset, budget, seed_list, parse_overrides(overrides),
-                        image_size, limit)
-    _check_writable(Path(out))
-    results = []
-    for spec in specs:
-        result = fit(spec, out, device=device, fresh=fresh, progress=progress,
-                     tensorboard=tensorboard, data_dir=data_dir, allow_download=download)
-        if result.status == "skipped":
-            click.echo(f"skipped {spec.model} seed {spec.seed}: already complete in "
-                       f"{result.run_dir.path}", err=True)
-        if evaluate and not (result.run_dir.path / "metrics.json").is_file():
-            click.echo(f"evaluating {spec.model} seed {spec.seed} ({budget} settings)", err=True)
-            evaluate_run(result.run_dir, device=device, data_dir=data_dir,
-                         allow_download=download)
-        results.append((spec, result))
-    print_run_table(results)
+    batch = api.run(models, dataset, budget, _seed_list(seed, seeds, [0]), overrides, out,
+                    device=device, data_dir=data_dir, image_size=image_size, limit=limit,
+                    download=download, evaluate=evaluate, metrics=metrics, fresh=fresh,
+                    progress=progress, tensorboard=tensorboard, jobs=jobs, report=write_report)
+    _print_outcomes(batch, out, ["model"])
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".genbench-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise GenbenchError(f"cannot write to output folder {out}: {error.strerror}") from None
+@main.command()
+@click.argument("specs", nargs=-1, required=True)
+@_shared_run_options
+@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds per cell: 0,1,2 or 0:3.")
+@click.pass_context
+def sweep(ctx, specs, models, dataset, budget, seed, seeds, overrides, out, data_dir, device,
+          image_size, limit, fresh, download, tensorboard, progress, evaluate, metrics, jobs,
+          write_report):
+    """Train the cartesian product of SPECS (key=v1,v2,...) x models x seeds, one ordinary run
+    folder per cell; print the comparison table and rebuild the report.
+
+    A spec lists values (latent_dim=100,500,1000) or a range: start:stop:xFACTOR
+    (latent_dim=100:1000:x10 gives 100, 1000) or start:stop:+STEP (dropout=0.1:0.3:+0.1).
+    Prefix a key with a model to sweep it for that model only (gvae.latent_dim=...).
+    Re-running the same command skips finished cells and resumes unfinished ones.
+
+    \b
+    Example:
+      genbench sweep latent_dim=100,500,1000 --models gvae,vae --dataset mnist
+      genbench sweep latent_dim=100,500,1000 --models gvae --seeds 0,1 --budget smoke --jobs 2
+    """
+    from genbench import api
+
+    given = ctx.get_parameter_source("seeds") == click.core.ParameterSource.COMMANDLINE
+    seed_list = _seed_list(seed, seeds if given or seed is None else None, [0, 1, 2])
+    batch = api.sweep(list(specs), models, dataset, budget, seed_list, overrides, out,
+                      device=device, data_dir=data_dir, image_size=image_size, limit=limit,
+                      download=download, evaluate=evaluate, metrics=metrics, fresh=fresh,
+                      progress=progress, tensorboard=tensorboard, jobs=jobs, report=write_report)
+    _print_outcomes(batch, out, ["model", *batch.parameters])
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False), default="results")
+@click.option("--format", "formats", default="csv,latex,markdown", show_default=True,
+              help="Table formats: csv, latex, markdown.")
+@click.option("--group-by", default=None,
+              help="Row keys, e.g. model,latent_dim (default: model and every swept parameter).")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="test", show_default=True)
+@click.option("--metrics", default=None, help="Comma-separated metric columns (default: all present).")
+@click.option("--spread", type=click.Choice(["std", "ci95"]), default="std", show_default=True,
+              help="Cells show mean ± std over seeds, or mean [95% t-interval].")
+@click.option("--baselines", default="default",
+              help="CSV of published numbers joined as marked rows ('none' to leave out).")
+@click.option("--figures/--no-figures", default=True, show_default=True)
+def report(results_dir, formats, group_by, split, metrics, spread, baselines, figures):
+    """Rebuild RESULTS_DIR/results.csv from the run folders and write comparison tables
+    (CSV, LaTeX, Markdown), plots and an index RESULTS_DIR/report/report.md.
+
+    \b
+    Example:
+      genbench report results --group-by model,latent_dim
+    """
+    from genbench import api
+    from genbench.reporting import tables as render
+
+    written = api.report(results_dir, formats, group_by, split, metrics, spread,
+                         None if baselines.lower() == "none" else baselines, figures)
+    for table in written.tables:
+        click.echo(render.render_text(table, spread))
+        click.echo("")
+    click.echo(f"wrote {written.results_csv}, {written.index} and {len(written.files) - 1} "
+               "tables and figures")
 
 
 @main.command()
@@ -218,6 +252,7 @@ def evaluate(run_dirs, samples_file, dataset, samples_range, out, metrics, split
       genbench evaluate results/mnist/vae/* --metrics mmd,log_likelihood
       genbench evaluate --samples my_gan_samples.npz --dataset mnist
     """
+    from genbench.core.locking import run_lock
     from genbench.evaluation import METRICS, evaluate_run
     from genbench.evaluation.evaluate import evaluate_samples
     from genbench.reporting.summary import print_metrics_table
@@ -235,9 +270,13 @@ def evaluate(run_dirs, samples_file, dataset, samples_range, out, metrics, split
                                           budget or "standard", samples_range, device, data_dir,
                                           download, feature_extractor=feature_extractor))
     for run_dir in run_dirs:
-        documents.append(evaluate_run(run_dir, names, split, num_samples, device, data_dir,
-                                      download, budget, feature_extractor=feature_extractor,
-                                      fid_vs_n=fid_vs_n))
+        # Not while another process trains or evaluates it (a folder that is no run gets no lock
+        # file beside it: evaluate_run rejects it).
+        guard = run_lock(run_dir) if (Path(run_dir) / "config.json").is_file() else contextlib.nullcontext()
+        with guard:
+            documents.append(evaluate_run(run_dir, names, split, num_samples, device, data_dir,
+                                          download, budget, feature_extractor=feature_extractor,
+                                          fid_vs_n=fid_vs_n))
     print_metrics_table(documents)
 
 

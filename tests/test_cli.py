@@ -35,7 +35,7 @@ def test_run_evaluates_each_run_when_training_ends(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(next(tmp_path.glob("mnist/vae/*/metrics.json")).read_text())["metrics"]
     assert metrics["log_likelihood"]["status"] == "ok" and metrics["fid"]["status"] == "ok"
-    assert "MMD^2" in result.stdout and "FID" in result.stdout
+    assert "MMD²" in result.stdout and "FID ↓" in result.stdout
 
 
 def test_run_writes_folders_prints_table_and_skips_on_rerun(tmp_path):

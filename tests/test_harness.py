@@ -13,6 +13,7 @@ import torch
 from genbench.core.errors import GenbenchError
 from genbench.models import MODELS, GenerativeModel, ModelConfig, model_names
 from genbench.training import DataConfig, RunSpec, TrainConfig, fit
+from genbench.training.checkpoint import load_checkpoint
 from tests.conftest import tiny_config
 
 TRAIN = TrainConfig(steps=12, batch_size=16, log_every=2, checkpoint_every=4, sample_every=6,
@@ -43,8 +44,8 @@ def test_interrupted_run_resumes_to_identical_weights(model, tmp_path):
     part = fit(spec, tmp_path / "parts", device="cpu", progress=False, allow_download=False)
     assert part.status == "resumed" and part.run_dir.is_complete()
 
-    a = torch.load(whole.run_dir.checkpoint_path, weights_only=False)
-    b = torch.load(part.run_dir.checkpoint_path, weights_only=False)
+    a = load_checkpoint(whole.run_dir.checkpoint_path)
+    b = load_checkpoint(part.run_dir.checkpoint_path)
     assert a["step"] == b["step"] == 12
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -123,7 +124,7 @@ def test_nan_loss_stops_with_step_and_name_and_keeps_checkpoint(tmp_path):
         with pytest.raises(GenbenchError, match=r"loss 'loss' is nan at step 6.*step 4\) kept"):
             fit(spec, tmp_path, device="cpu", progress=False, allow_download=False)
         run = tmp_path / "mnist" / "exploding" / spec.run_id
-        assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 4
+        assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
         assert json.loads((run / "config.json").read_text())["status"] == "failed"
     finally:
         MODELS._entries.pop("exploding")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +49,27 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div_(127.5).sub_(1.0)
 
 
+REPLACE_HINT = "delete it and download it again (or put the original file there)"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Decode one IDX file (gzip or plain) into a numpy array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as error:  # a truncated or damaged .gz, an unreadable file
+        raise GenbenchError(f"{path} cannot be read ({error}); {REPLACE_HINT}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise GenbenchError(f"{path} is not an unsigned-byte IDX file (bad header)")
+        raise GenbenchError(f"{path} is not an unsigned-byte IDX file (bad header); {REPLACE_HINT}")
     ndim = data[3]
+    header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise GenbenchError(f"{path} is truncated: {body.size} bytes for shape {shape}")
-    return body.reshape(shape)
+    size = max(len(data) - header, 0)
+    if len(data) < header or size != int(np.prod(shape)):
+        raise GenbenchError(f"{path} is truncated or padded: {size} bytes for shape {shape}; "
+                            f"{REPLACE_HINT}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _decode_idx(files: ResolvedFiles, official_split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -73,10 +82,15 @@ def _decode_cifar(files: ResolvedFiles, official_split: str) -> tuple[np.ndarray
     prefix = "data_batch" if official_split == "train" else "test_batch"
     images, labels = [], []
     for name in sorted(n for n in files.paths if n.startswith(prefix)):
-        with open(files.paths[name], "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry["labels"], dtype=np.int64))
+        path = files.paths[name]
+        try:
+            with open(path, "rb") as handle:
+                entry = pickle.load(handle, encoding="latin1")
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(entry["labels"], dtype=np.int64))
+        except Exception as error:  # truncated, not a pickle, or a pickle of something else
+            raise GenbenchError(f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}); "
+                                f"{REPLACE_HINT}") from None
     return np.concatenate(images), np.concatenate(labels)
 
 

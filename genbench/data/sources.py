@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from genbench.core.errors import GenbenchError
+from genbench.core.errors import GenbenchError, UsageError
 from genbench.core.io import file_digest
 from genbench.core.paths import cache_dir
 from genbench.data.registry import DatasetInfo
@@ -75,9 +75,19 @@ def _find_idx(info: DatasetInfo, origin: str, root: Path) -> ResolvedFiles | Non
     return ResolvedFiles(origin, root, paths, checksums)
 
 
+CIFAR10_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
 def _find_torchvision(info: DatasetInfo, origin: str, root: Path) -> ResolvedFiles | None:
     if info.name == "cifar10" and (root / "cifar-10-batches-py").is_dir():
-        batches = sorted((root / "cifar-10-batches-py").glob("*_batch*"))
+        folder = root / "cifar-10-batches-py"
+        missing = [name for name in CIFAR10_BATCHES if not (folder / name).is_file()]
+        if missing:
+            raise GenbenchError(
+                f"cifar10: {folder} lacks {', '.join(missing)}; it needs data_batch_1 to "
+                "data_batch_5 and test_batch: delete the folder and download it again"
+            )
+        batches = [folder / name for name in CIFAR10_BATCHES]
         checksums = {p.name: file_digest(p, "md5") for p in batches}
         return ResolvedFiles(origin, root, {p.name: p for p in batches}, checksums)
     return None
@@ -95,6 +105,12 @@ def expected_files(info: DatasetInfo) -> str:
     if info.idx_files:
         return ", ".join(name for name, _ in info.idx_files.values())
     return {"cifar10": "cifar-10-batches-py/"}.get(info.name, info.torchvision_class)
+
+
+def _layouts(info: DatasetInfo) -> str:
+    if info.idx_files:
+        return f"flat, in <dir>/{info.name}/ or in torchvision's <dir>/{info.torchvision_class}/raw/"
+    return "torchvision's layout, directly in <dir>"
 
 
 def _download(info: DatasetInfo) -> None:
@@ -117,7 +133,15 @@ def _download(info: DatasetInfo) -> None:
 def resolve(
     info: DatasetInfo, data_dir: str | os.PathLike | None = None, allow_download: bool = True
 ) -> ResolvedFiles:
-    """Find the dataset's files (see module docstring), downloading into the cache if allowed."""
+    """Find the dataset's files (see module docstring), downloading into the cache if allowed.
+
+    A ``data_dir`` that is not a folder is a usage error: falling back to the cache or a download
+    would silently use other files than the ones the user pointed at.
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        problem = "is a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise UsageError(f"--data-dir {data_dir} {problem}; give the folder that holds the "
+                         f"{info.name} files ({expected_files(info)})")
     roots = candidate_roots(data_dir)
     for origin, root in roots:
         found = _find_in(info, origin, root)
@@ -139,6 +163,6 @@ def resolve(
     searched = ", ".join(str(root) for _, root in roots)
     raise GenbenchError(
         f"dataset '{info.name}' not found: expected {expected_files(info)} in one of {searched} "
-        f"(flat, in <dir>/{info.name}/ or in torchvision's <dir>/{info.torchvision_class}/raw/); "
+        f"({_layouts(info)}); "
         "put them there or pass --data-dir DIR"
     )

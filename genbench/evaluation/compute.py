@@ -90,6 +90,16 @@ def _has_encoder(model) -> bool:
     return getattr(getattr(model, "config", None), "variational", True)
 
 
+def _require_encoder(ctx: EvalContext):
+    """The model, if it has a variational encoder q(z|x); else :class:`NotApplicable` saying why."""
+    model = ctx.require_model()
+    if not callable(getattr(model, "approximate_posterior", None)):
+        raise NotApplicable("no encoder: the model has no approximate_posterior(x)")
+    if not _has_encoder(model):
+        raise NotApplicable("no encoder: the model's encoder is not variational")
+    return model
+
+
 def likelihood_problem(ctx: EvalContext) -> tuple[Any, torch.Tensor, dict[str, Any]]:
     """``(protocol model, first is_examples images of the split in the model's data space,
     description)``. Cached: choosing sigma is the expensive part, shared by several metrics."""
@@ -126,7 +136,10 @@ def _likelihood_model(ctx: EvalContext) -> tuple[Any, dict[str, Any]]:
     with one ``sigma`` chosen on validation images from a fixed grid (Wu et al. 2017)."""
     from genbench.metrics import GaussianObservation, select_sigma
 
-    model, s = ctx.require_model("prior"), ctx.settings
+    model, s = ctx.require_model(), ctx.settings
+    if not callable(getattr(model, "prior", None)):
+        raise NotApplicable("the model has no prior(); log p(x) needs prior() and "
+                            "observation_model(z) or generate(z) (see genbench.metrics.protocol)")
     if not getattr(model, "can_sample", True):
         raise NotApplicable("the model has no latent prior to integrate over")
     if getattr(model, "observation_space", "continuous") == "binary":
@@ -137,8 +150,9 @@ def _likelihood_model(ctx: EvalContext) -> tuple[Any, dict[str, Any]]:
                    "shift_note": "density on [0,1] data: model's [-1,1] density + D ln 2"}
     if hasattr(model, "observation_model"):
         return model, description | {"observation": "model's own (continuous)"}
-    if not hasattr(model, "generate"):
-        raise NotApplicable("the model has neither an observation model nor a generator")
+    if not callable(getattr(model, "generate", None)):
+        raise NotApplicable("the model has neither observation_model(z) nor generate(z); log p(x) "
+                            "needs one of them (see genbench.metrics.protocol)")
     validation = likelihood_data(ctx, "validation", s.sigma_examples)
     sigma, table = select_sigma(model, validation.to(ctx.device), grid=s.sigma_grid, method="ais",
                                 generator=ctx.generator(7), chains=s.ais_chains,
@@ -219,8 +233,7 @@ def compute_log_likelihood_gap(ctx: EvalContext) -> dict[str, Any]:
 def compute_active_units(ctx: EvalContext) -> dict[str, Any]:
     from genbench.metrics.diagnostics import active_units
 
-    if not _has_encoder(ctx.require_model()):
-        raise NotApplicable("no encoder")
+    _require_encoder(ctx)
     model, data, _ = likelihood_problem(ctx)
     means = torch.cat([model.approximate_posterior(chunk.to(ctx.device)).mean.detach().cpu()
                        for chunk in data.split(500)])
@@ -232,8 +245,7 @@ def compute_active_units(ctx: EvalContext) -> dict[str, Any]:
 def compute_elbo(ctx: EvalContext) -> dict[str, Any]:
     from genbench.metrics import elbo
 
-    if not _has_encoder(ctx.require_model()):
-        raise NotApplicable("no encoder")
+    _require_encoder(ctx)
     model, data, description = likelihood_problem(ctx)
     result = elbo(model, data.to(ctx.device), num_samples=1, generator=ctx.generator(5))
     shifted = PerExampleResult(result.value.double().cpu() + description["shift_nats"],
@@ -245,8 +257,7 @@ def compute_elbo(ctx: EvalContext) -> dict[str, Any]:
 def compute_kl(ctx: EvalContext) -> dict[str, Any]:
     from genbench.metrics import kl
 
-    if not _has_encoder(ctx.require_model()):
-        raise NotApplicable("no encoder")
+    _require_encoder(ctx)
     model, data, description = likelihood_problem(ctx)
     result = kl(model, data.to(ctx.device))
     return _per_example(result, split=ctx.split, data_space=description["data_space"])

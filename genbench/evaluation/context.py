@@ -13,6 +13,8 @@ from genbench.core.errors import GenbenchError
 from genbench.data import get_dataset, load_images, to_model_range
 from genbench.evaluation.registry import NotApplicable
 from genbench.evaluation.settings import EvalSettings
+from genbench.training.checkpoint import CorruptCheckpoint
+from genbench.training.checkpoint import decode as decode_checkpoint
 from genbench.training.harness import build_model
 from genbench.training.rundir import RunDir
 from genbench.training.spec import RunSpec
@@ -23,14 +25,39 @@ def load_trained_model(run_dir: RunDir, device: torch.device):
     config = run_dir.read_config()
     if config is None:
         raise GenbenchError(f"{run_dir.path} is not a run folder (no readable config.json)")
+    spec, image_shape = _run_spec(run_dir, config)
     if not run_dir.checkpoint_path.is_file():
         raise GenbenchError(f"{run_dir.path} has no checkpoint.pt; train it first")
-    spec = RunSpec.from_dict(config)
-    model = build_model(spec, tuple(config["image_shape"])).to(device)
-    state = torch.load(run_dir.checkpoint_path, map_location=device, weights_only=False)
+    model = build_model(spec, image_shape).to(device)
+    try:
+        state, run_id = decode_checkpoint(run_dir.checkpoint_path.read_bytes(), device)
+    except CorruptCheckpoint as error:
+        raise GenbenchError(f"{run_dir.checkpoint_path} is unusable ({error}); re-run the run's "
+                            "training command to rebuild it from the previous checkpoint") from None
+    if run_id is not None and run_id != spec.run_id:
+        raise GenbenchError(f"{run_dir.checkpoint_path} belongs to run {run_id}, not "
+                            f"{spec.run_id} (the config.json beside it)")
+    if config.get("status") != "complete" or state["step"] != spec.train.steps:
+        raise GenbenchError(f"{run_dir.path} is not finished (step {state['step']} of "
+                            f"{spec.train.steps}); re-run its training command to finish it")
     model.load_state_dict(state["model"])
     model.eval()
     return spec, model, config, state["step"]
+
+
+def _run_spec(run_dir: RunDir, config) -> tuple[RunSpec, tuple[int, int, int]]:
+    """The run's spec and image shape from its config.json, or a one-line error when the file is
+    JSON but not a genbench run config (another tool's config.json, a hand-edited one)."""
+    try:
+        spec = RunSpec.from_dict(config)
+        channels, height, width = (int(v) for v in config["image_shape"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        reason = (f"missing key {error}" if isinstance(error, KeyError)
+                  else "not a JSON object" if not isinstance(config, dict)
+                  else str(error).splitlines()[0])
+        raise GenbenchError(f"{run_dir.path} is not a run folder: its config.json is not a genbench "
+                            f"run config ({reason}); give a folder written by genbench run") from None
+    return spec, (channels, height, width)
 
 
 class EvalContext:
@@ -62,7 +89,7 @@ class EvalContext:
         """The model, if it has all ``methods``; else :class:`NotApplicable`."""
         if self.model is None:
             raise NotApplicable("needs a model, not only samples")
-        missing = [m for m in methods if not hasattr(self.model, m)]
+        missing = [f"{m}()" for m in methods if not callable(getattr(self.model, m, None))]
         if missing:
             raise NotApplicable(f"the model has no {', '.join(missing)}")
         return self.model

@@ -8,6 +8,8 @@ import io
 import json
 import sys
 import time
+import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -183,18 +185,25 @@ def load_samples_file(path: str | Path, dataset: str, value_range: str = "auto"
     info = get_dataset(dataset)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--samples {path}: cannot read it as .npz/.npy ({error})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        key = next((k for k in ("samples", "images", "x", "arr_0") if k in keys),
-                   keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise UsageError(f"--samples {path}: several arrays ({', '.join(keys)}); "
-                             "name the images 'samples' or 'images'")
-        array = loaded[key]
-    else:
-        key, array = None, loaded
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            keys = list(loaded.keys())
+            key = next((k for k in ("samples", "images", "x", "arr_0") if k in keys),
+                       keys[0] if len(keys) == 1 else None)
+            if key is None:
+                found = f"several arrays ({', '.join(keys)})" if keys else "no array"
+                raise UsageError(f"--samples {path}: {found}; name the images 'samples' or 'images'")
+            array = loaded[key]
+        else:
+            key, array = None, loaded
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        # numpy reads a file without its magic number as a pickle, which allow_pickle=False refuses.
+        reason = ("not a NumPy array file, or an array of Python objects" if "allow_pickle" in str(error)
+                  else str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise UsageError(f"--samples {path}: cannot read it as .npz/.npy ({reason}); save the images "
+                         "with numpy.savez(path, samples=images)") from None
+    if array.dtype.kind not in "uif":
+        raise UsageError(f"--samples {path}: the images must be numbers (uint8 or float), got dtype "
+                         f"{array.dtype}")
     if array.ndim == 3:
         array = array[:, None]
     if array.ndim != 4 or array.shape[1] != info.channels or array.shape[0] < 2:
@@ -203,8 +212,10 @@ def load_samples_file(path: str | Path, dataset: str, value_range: str = "auto"
     if array.shape[2] != array.shape[3]:
         raise UsageError(f"--samples {path}: images must be square, got {array.shape[2]}x{array.shape[3]}")
     if not np.isfinite(array).all():
-        raise UsageError(f"--samples {path}: the array holds NaN or infinite values")
+        raise UsageError(f"--samples {path}: the array holds NaN or infinite values; images must be "
+                         "finite (a diverged model's samples are not images)")
     low, high = float(array.min()), float(array.max())
+    requested = value_range
     if value_range == "auto":
         if array.dtype == np.uint8 or high > 1.0:
             value_range = "0-255"
@@ -218,8 +229,10 @@ def load_samples_file(path: str | Path, dataset: str, value_range: str = "auto"
         raise UsageError(f"--samples-range must be auto, 0-255, -1-1 or 0-1, got {value_range}")
     lo, hi = bounds[value_range]
     if low < lo - 1e-6 or high > hi + 1e-6:
+        how = "detected" if requested == "auto" else "given"
         raise UsageError(f"--samples {path}: values in [{low:g}, {high:g}] fall outside the "
-                         f"{value_range} range")
+                         f"{value_range} range ({how}); rescale the images to [0, 255], [0, 1] or "
+                         "[-1, 1] and pass that --samples-range")
     images = torch.from_numpy(np.ascontiguousarray(array)).double()
     images = ((images - lo) / (hi - lo) * 2 - 1).float()
     size = images.shape[-1]

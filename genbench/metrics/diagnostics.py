@@ -8,6 +8,7 @@ import math
 import torch
 
 from genbench.core.errors import UsageError
+from genbench.metrics.checks import check_finite
 from genbench.metrics.result import ScalarResult
 
 
@@ -44,7 +45,7 @@ def active_units(posterior_means: torch.Tensor, threshold: float = 0.01) -> Scal
     ``posterior_means [N, latent_dim]`` are the means of q(z|x) over ``N`` data points. Returns the
     count as ``value`` with the per-unit variances and the threshold in ``settings``.
     """
-    means = torch.as_tensor(posterior_means).double()
+    means = check_finite(torch.as_tensor(posterior_means).double(), "posterior_means")
     if means.dim() != 2 or means.shape[0] < 2:
         raise UsageError(f"posterior_means must be [N >= 2, latent_dim], got {list(means.shape)}")
     variances = means.var(dim=0, unbiased=True)  # [latent_dim]
@@ -62,8 +63,8 @@ def nearest_neighbours(queries: torch.Tensor, references: torch.Tensor,
     Both are flattened per example (``[Q, ...]`` and ``[R, ...]``, e.g. classifier features);
     computed in blocks of ``block_size`` queries so ``Q x R`` distances are never held at once.
     """
-    q = torch.as_tensor(queries).flatten(1).double()
-    r = torch.as_tensor(references).flatten(1).double()
+    q = check_finite(torch.as_tensor(queries).flatten(1).double(), "queries")
+    r = check_finite(torch.as_tensor(references).flatten(1).double(), "references")
     if q.shape[1] != r.shape[1]:
         raise UsageError(f"queries and references differ in size: {q.shape[1]} vs {r.shape[1]}")
     distances, indices = [], []

@@ -37,6 +37,7 @@ from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_
 
 from genbench.core.errors import GenbenchError, UsageError
 from genbench.features.classifier import FEATURE_DIM, DatasetClassifier
+from genbench.metrics.checks import check_finite, check_images
 from genbench.metrics.result import ScalarResult
 
 METRICS = ("fid", "kid", "isc", "prc")
@@ -208,20 +209,16 @@ class _UInt8Images(Dataset):
         return self.images[index]
 
 
+# Overshoot of a [-1, 1] model up to this much is clipped by to_uint8, as a PNG writer would; a range
+# further off means the images are in another convention ([0, 255]), which clipping would destroy.
+CLIP_TOLERANCE = 0.5
+
+
 def _check_images(images, name: str) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise UsageError(f"{name} must be a float tensor [N, C, H, W] in [-1, 1], got {got}")
+    check_images(images, name, tolerance=CLIP_TOLERANCE,
+                 hint="map uint8 images with genbench.data.to_model_range, [0, 1] ones with 2 * x - 1")
     if images.shape[0] < 2:
         raise UsageError(f"{name} needs at least 2 images, got {images.shape[0]}")
-    if not torch.isfinite(images).all():
-        raise UsageError(f"{name} contains NaN or infinite values")
-    low, high = float(images.min()), float(images.max())
-    # Overshoot of a [-1, 1] model is clipped like a PNG writer would; a range this far off means the
-    # images are in another convention ([0, 255]), which clipping would silently destroy.
-    if low < -1.5 or high > 1.5:
-        raise UsageError(f"{name} should be in [-1, 1] but spans [{low:.3g}, {high:.3g}]; "
-                         f"map uint8 images with genbench.data.to_model_range")
     return images
 
 
@@ -313,6 +310,9 @@ def fidelity_metrics_from_features(features_generated: dict[str, torch.Tensor],
     metrics = _check_metrics(metrics)
     layers = {metric: feature_layer(extractor, metric) for metric in metrics}
     _check_counts(bootstrap, kid_subsets, kid_subset_size, isc_splits)
+    for label, features in (("features_generated", features_generated), ("features_real", features_real)):
+        for layer, values in (features or {}).items():
+            check_finite(values, f"{label}[{layer!r}]", "the metrics need finite features")
     num_gen = len(next(iter(features_generated.values())))
     binary = [m for m in metrics if m != "isc"]
     if binary and features_real is None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from genbench.core.errors import UsageError
+from genbench.metrics.checks import check_finite
 from genbench.metrics.result import ScalarResult
 
 Kernel = Literal["gaussian", "polynomial"]
@@ -32,9 +33,7 @@ def _as_features(t: torch.Tensor, name: str) -> torch.Tensor:
     t = t.reshape(t.shape[0], -1)
     if t.dtype != torch.float64:
         t = t.float()
-    if not torch.isfinite(t).all():
-        raise UsageError(f"{name} contains NaN or infinite values; MMD needs finite features")
-    return t
+    return check_finite(t, name, "MMD needs finite features")
 
 
 def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

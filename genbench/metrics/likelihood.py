@@ -28,6 +28,7 @@ from torch import distributions as D
 
 from genbench.core.errors import UsageError
 from genbench.core.registry import closest
+from genbench.metrics.checks import check_finite
 from genbench.metrics.result import PerExampleResult
 
 DEFAULT_BATCH_SIZE = 4096  # latent samples per observation_model call
@@ -43,18 +44,17 @@ SCHEDULE_RADIUS = 4.0  # sigmoid schedule over [-4, 4], as in Wu et al.'s code
 # --- helpers: checks, random numbers, log-mean-exp ------------------------------------------------
 def _check_data(x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        raise UsageError("x must be a tensor [N, C, H, W] (one row per example)")
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UsageError(f"x must be a tensor [N, C, H, W] (one row per example), got {got}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())  # integer pixels keep their values
-    if not torch.isfinite(x).all():
-        raise UsageError("x has NaN or infinite values; the likelihood is only defined for finite x")
-    return x
+    return check_finite(x, "x", "the likelihood is only defined for finite x")
 
 
 def _require(model, names: tuple[str, ...], hint: str) -> None:
-    missing = [name for name in names if not callable(getattr(model, name, None))]
+    missing = [f"{name}()" for name in names if not callable(getattr(model, name, None))]
     if missing:
-        raise UsageError(f"{type(model).__name__} has no {', '.join(missing)}(); {hint}")
+        raise UsageError(f"{type(model).__name__} has no {', '.join(missing)}; {hint}")
 
 
 def _positive_int(value, name: str) -> int:

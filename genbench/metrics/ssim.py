@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from genbench.core.errors import UsageError
+from genbench.metrics.checks import check_images
 from genbench.metrics.result import ScalarResult
 
 STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -71,18 +72,6 @@ def ms_ssim_setting(height: int, width: int) -> dict:
         name = f"small-image ({scales} scale{plural}, {window}-px window, sigma 1.5, renormalised weights)"
     return {"name": name, "scales": scales, "window": window, "sigma": SIGMA, "weights": weights,
             "data_range": 1.0, "k1": K1, "k2": K2}
-
-
-def _check_images(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise UsageError(f"{name} must be a 4-D tensor [N, C, H, W], got {shape}")
-    if not torch.isfinite(x).all():
-        raise UsageError(f"{name} contains NaN or infinite values")
-    # A little slack for rounding in (x / 255 - 0.5) / 0.5 and the like; anything else is a wrong range.
-    if x.numel() and (x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6):
-        raise UsageError(f"{name} must be in [-1, 1], got values in [{float(x.min()):.4g}, "
-                         f"{float(x.max()):.4g}]; map [0, 1] images with 2 * x - 1")
 
 
 def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -142,8 +131,8 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[N]`` float32 (float64 for float64 inputs) on the inputs' device.
     """
-    _check_images(x, "x")
-    _check_images(y, "y")
+    check_images(x, "x")
+    check_images(y, "y")
     if x.shape != y.shape:
         raise UsageError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     return _ms_ssim(x, y.to(x.device), ms_ssim_setting(x.shape[2], x.shape[3]))
@@ -186,7 +175,7 @@ def ms_ssim_diversity(images: torch.Tensor, num_pairs: int = 1000, seed: int = 0
         deviation over pairs, ``ci_low``/``ci_high`` a 95% normal interval of the mean,
         ``num_samples`` the number of pairs; ``settings["ms_ssim"]`` is :func:`ms_ssim_setting`.
     """
-    _check_images(images, "images")
+    check_images(images, "images")
     n = images.shape[0]
     if n < 2:
         raise UsageError(f"ms_ssim_diversity needs at least 2 images, got {n}")

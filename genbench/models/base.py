@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -31,7 +32,21 @@ class ModelConfig:
     """Base of every model config. Subclasses add typed fields with defaults and ``validate``."""
 
     def validate(self, image_shape: tuple[int, int, int]) -> None:
-        """Raise :class:`UsageError` naming the field and a valid value when the config is wrong."""
+        """Raise :class:`UsageError` naming the field and a valid value when the config is wrong.
+
+        Models check their own fields here; :meth:`check` runs the rules every model shares
+        first, so a model cannot forget them."""
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        """The shared rules for conventionally named fields, then the model's :meth:`validate`."""
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            rule = _shared_rule(name)
+            if rule is not None and not rule[0](value):
+                raise UsageError(f"{name} must be {rule[1]}, got {value}")
+        self.validate(image_shape)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,14 +67,36 @@ class ModelConfig:
         for key, raw in values.items():
             if key not in names:
                 raise UsageError(
-                    f"unknown config key '{key}' for {type(self).__name__}{closest(key, names)}"
+                    f"unknown config key {key!r} for {type(self).__name__}{closest(key, names)}"
                 )
             changes[key] = coerce(raw, hints[key], key)
         return dataclasses.replace(self, **changes)
 
 
+INT_RANGE = range(-(2**63), 2**63)  # what a tensor, a seed or a JSON reader takes
+
+
+def _shared_rule(name: str):
+    """(predicate, wording) for field names whose meaning every model shares."""
+    if name in ("beta1", "beta2"):  # Adam's moment decay rates
+        return (lambda v: 0 <= v < 1), "in [0, 1)"
+    if name == "dropout":
+        return (lambda v: 0 <= v < 1), "in [0, 1)"
+    if name == "latent_dim" or name.endswith("_width") or name.endswith("_steps"):
+        return (lambda v: v >= 1), ">= 1"
+    if name == "learning_rate":
+        return (lambda v: v > 0), "> 0"
+    if name.endswith("_weight"):
+        return (lambda v: v >= 0), ">= 0"
+    return None
+
+
 def coerce(raw: Any, annotation: Any, key: str) -> Any:
-    """Convert a CLI string (or a JSON value) to ``annotation``; fail with a one-line message."""
+    """Convert a CLI string (or a JSON value) to ``annotation``; fail with a one-line message.
+
+    Floats must be finite and ints must fit in 64 bits: ``nan``, ``1e400`` or
+    ``99999999999999999999`` are usage errors here, before any model's ``validate`` compares them.
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union or (origin is not None and type(None) in args):
@@ -89,12 +126,18 @@ def coerce(raw: Any, annotation: Any, key: str) -> Any:
         if annotation is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(raw)
-            return int(raw)
+            value = int(raw)
+            if value not in INT_RANGE:
+                raise UsageError(f"{key}={raw!r} is out of range: a 64-bit integer is at most {2**63 - 1}")
+            return value
         if annotation is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise UsageError(f"{key}={raw!r} is not a finite number")
+            return value
         if annotation is str:
             return str(raw)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a JSON list or null where a number belongs
         raise UsageError(f"{key}={raw!r} is not a valid {annotation.__name__}") from None
     return raw
 
@@ -180,7 +223,7 @@ class GenerativeModel(nn.Module):
 
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
-        config.validate(image_shape)
+        config.check(image_shape)
         self.config = config
         self.image_shape = tuple(image_shape)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}

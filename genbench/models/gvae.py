@@ -10,7 +10,7 @@ from torch import distributions as D
 
 from genbench.models.base import ModelConfig, StepContext, evaluating, require
 from genbench.models.gan import LatentGenerator
-from genbench.models.layers import ConvEncoder, ConvGenerator
+from genbench.models.layers import ConvEncoder, ConvGenerator, plan_resolution
 from genbench.models.registry import register_model
 
 
@@ -34,6 +34,10 @@ class GVAEConfig(ModelConfig):
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.kl_weight >= 0 and self.feature_weight >= 0, "loss weights must be >= 0")
         require(self.generator_feature_weight >= 0, "generator_feature_weight must be >= 0")
+        blocks = max(plan_resolution(image_shape[-1])[1], 1)  # the discriminator's down blocks
+        require(-blocks <= self.feature_layer < blocks,
+                f"feature_layer must be in {-blocks}..{blocks - 1} for {image_shape[-1]}-pixel "
+                f"images (the discriminator's blocks), got {self.feature_layer}")
 
 
 @register_model("gvae")

@@ -10,6 +10,8 @@ from torch import distributions as D
 from genbench.models.base import GenerativeModel, ModelConfig, StepContext, require
 from genbench.models.registry import register_model
 
+MAX_PIXELS = 3 * 64 * 64
+
 
 @dataclass
 class PPCAConfig(ModelConfig):
@@ -18,6 +20,11 @@ class PPCAConfig(ModelConfig):
 
     def validate(self, image_shape):
         dims = image_shape[0] * image_shape[1] * image_shape[2]
+        # The fit keeps a [D, D] float64 second-moment matrix: 3x64x64 images need 1.2 GB.
+        largest = int((MAX_PIXELS // image_shape[0]) ** 0.5)
+        require(dims <= MAX_PIXELS,
+                f"ppca holds a {dims}x{dims} covariance for {image_shape} images, more than "
+                f"{MAX_PIXELS} values per image allows; use --image-size {largest} or smaller")
         require(
             1 <= self.latent_dim < dims,
             f"latent_dim must be in 1..{dims - 1} for {image_shape} images, got {self.latent_dim}",

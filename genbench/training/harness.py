@@ -11,10 +11,14 @@ and torch generator states; optimizer and batch-norm state) or a pure function o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,12 @@ import torch
 from torchvision.utils import save_image
 
 from genbench.core.errors import GenbenchError
-from genbench.core.io import atomic_write, torch_save
+from genbench.core.io import atomic_write
+from genbench.core.locking import run_lock
 from genbench.data import load_images, to_model_range
 from genbench.models.base import GenerativeModel, StepContext
 from genbench.models.registry import get_model_class
+from genbench.training.checkpoint import CheckpointStore
 from genbench.training.environment import (
     provenance,
     resolve_device,
@@ -113,15 +119,28 @@ class _Interval:
         return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
 
+def _diverged(what: str, step: int, last_checkpoint: int, run_dir: RunDir) -> GenbenchError:
+    kept = (f"last good checkpoint (step {last_checkpoint}) kept"
+            if last_checkpoint else "no checkpoint was written yet")
+    return GenbenchError(f"{run_dir.path}: {what} at step {step + 1}; training stopped, {kept}; "
+                         "lower the learning rate (--set learning_rate=...) and re-run with --fresh")
+
+
 def _check_finite(losses: dict[str, float], step: int, last_checkpoint: int, run_dir: RunDir):
     for name, value in losses.items():
         if not math.isfinite(value):
-            kept = (f"last good checkpoint (step {last_checkpoint}) kept"
-                    if last_checkpoint else "no checkpoint was written yet")
-            raise GenbenchError(
-                f"{run_dir.path}: loss '{name}' is {value} at step {step + 1}; "
-                f"training stopped, {kept}"
-            )
+            raise _diverged(f"loss '{name}' is {value}", step, last_checkpoint, run_dir)
+
+
+def _diverged_step(error: Exception, model: torch.nn.Module, step: int, last_checkpoint: int,
+                   run_dir: RunDir) -> GenbenchError | None:
+    """A step that raised because the weights, or activations computed from huge weights, became
+    NaN or infinite (torch's distributions reject such parameters: "found invalid values") reads
+    as the diverged loss it is; any other error is a bug to show."""
+    if all(torch.isfinite(p).all() for p in model.parameters()) and "invalid values" not in str(error):
+        return None
+    return _diverged("the weights or activations became NaN or infinite", step, last_checkpoint,
+                     run_dir)
 
 
 def fit(
@@ -143,12 +162,70 @@ def fit(
     """
     spec.train.validate()
     run_dir = RunDir.for_spec(out, spec)
+    with run_lock(run_dir.path):
+        return _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir,
+                           allow_download, amp, stop_after)
+
+
+class RunInterrupted(GenbenchError):
+    """SIGINT or SIGTERM during training: a checkpoint was written first."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[int]]:
+    """While training, SIGINT and SIGTERM only set a flag: the loop finishes its step, writes a
+    checkpoint and stops. A second signal acts at once (the default behaviour)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        for number, previous in saved.items():
+            signal.signal(number, previous)
+
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in saved:
+        signal.signal(number, handler)
+    try:
+        yield received
+    finally:
+        for number, previous in saved.items():
+            signal.signal(number, previous)
+
+
+# Free space asked for before training: checkpoint, previous checkpoint and a temporary copy
+# being written (weights plus optimizer state, about 3x the weights for Adam), plus sample grids.
+DISK_MARGIN_BYTES = 20 * 2**20
+
+
+def _check_disk_space(run_dir: RunDir, model: torch.nn.Module) -> None:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    needed = 3 * 4 * weights + DISK_MARGIN_BYTES
+    free = shutil.disk_usage(run_dir.path.parent).free
+    if free < needed:
+        raise GenbenchError(f"not enough free disk space in {run_dir.path.parent}: a run of this "
+                            f"model needs about {needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
+
+
+def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, allow_download, amp,
+                stop_after) -> FitResult:
     if fresh and run_dir.path.exists():
         shutil.rmtree(run_dir.path)
+    store = CheckpointStore(run_dir.checkpoint_path, spec.run_id)
     if run_dir.is_complete():
-        config = run_dir.read_config() or {}
-        return FitResult(run_dir, "skipped", spec.train.steps, config.get("train_time_s", 0.0),
-                         config.get("final_losses", {}), config.get("parameters", 0))
+        if store.verify():
+            config = run_dir.read_config() or {}
+            return FitResult(run_dir, "skipped", spec.train.steps, config.get("train_time_s", 0.0),
+                             config.get("final_losses", {}), config.get("parameters", 0))
+        print(f"genbench: warning: {run_dir.checkpoint_path} of a finished run is missing or "
+              "corrupt; redoing its last steps from the previous checkpoint", file=sys.stderr)
 
     torch_device = resolve_device(device)
     seed_everything(spec.seed, torch_device)
@@ -157,6 +234,8 @@ def fit(
     image_shape = tuple(data.images.shape[1:])
     model = build_model(spec, image_shape).to(torch_device)
     model.build_optimizers()
+    run_dir.path.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk_space(run_dir, model)
     use_amp = amp and torch_device.type == "cuda"
     scaler = torch.amp.GradScaler(torch_device.type, enabled=use_amp)
     ctx = StepContext(torch_device, scaler if use_amp else None)
@@ -165,8 +244,8 @@ def fit(
     start_step, train_time, rows = 0, 0.0, []
     interval = _Interval()
     status = "trained"
-    if run_dir.checkpoint_path.is_file():
-        state = torch.load(run_dir.checkpoint_path, map_location=torch_device, weights_only=False)
+    state = store.load(torch_device)
+    if state is not None:
         model.load_state_dict(state["model"])
         model.load_optimizer_state(state["optimizers"])
         scaler.load_state_dict(state["scaler"])
@@ -191,7 +270,7 @@ def fit(
 
     def checkpoint(step: int) -> None:
         run_dir.write_losses(columns, rows)
-        torch_save({
+        store.save({
             "version": CHECKPOINT_VERSION,
             "step": step,
             "train_time_s": train_time,
@@ -200,7 +279,7 @@ def fit(
             "scaler": scaler.state_dict(),
             "rng": rng_state(),
             "interval": (interval.sums, interval.counts),
-        }, run_dir.checkpoint_path)
+        })
 
     def grid(path: Path) -> None:
         generator = torch.Generator().manual_seed(spec.train.grid_seed)
@@ -213,38 +292,53 @@ def fit(
     model.train()
     tick = time.perf_counter()
     try:
-        for step in range(start_step, end):
-            batch = stream.batch(step)
-            losses = model.train_step(batch, step, ctx)
-            if use_amp:
-                scaler.update()
-            _check_finite(losses, step, last_checkpoint, run_dir)
-            interval.add(losses)
-            done = step + 1
-            if done % spec.train.log_every == 0 or done == total:
-                now = time.perf_counter()
-                train_time += now - tick
-                tick = now
-                row = {"step": done, "images": done * spec.train.batch_size,
-                       "time_s": round(train_time, 3), **interval.means()}
-                rows.append(row)
-                interval = _Interval()
-                if writer is not None:
-                    for name, value in row.items():
-                        if name not in ("step", "images", "time_s"):
-                            writer.add_scalar(f"loss/{name}", value, done)
+        with _deferred_signals() as received:
+            for step in range(start_step, end):
+                batch = stream.batch(step)
+                try:
+                    losses = model.train_step(batch, step, ctx)
+                except (RuntimeError, ValueError) as error:
+                    diverged = _diverged_step(error, model, step, last_checkpoint, run_dir)
+                    if diverged is None:
+                        raise
+                    raise diverged from None
+                if use_amp:
+                    scaler.update()
+                _check_finite(losses, step, last_checkpoint, run_dir)
+                interval.add(losses)
+                done = step + 1
+                if done % spec.train.log_every == 0 or done == total:
+                    now = time.perf_counter()
+                    train_time += now - tick
+                    tick = now
+                    row = {"step": done, "images": done * spec.train.batch_size,
+                           "time_s": round(train_time, 3), **interval.means()}
+                    rows.append(row)
+                    interval = _Interval()
+                    if writer is not None:
+                        for name, value in row.items():
+                            if name not in ("step", "images", "time_s"):
+                                writer.add_scalar(f"loss/{name}", value, done)
+                    if bar is not None:
+                        bar.set_postfix(_postfix(row, spec.train.batch_size, bar), refresh=False)
                 if bar is not None:
-                    bar.set_postfix(_postfix(row, spec.train.batch_size, bar), refresh=False)
-            if bar is not None:
-                bar.update(1)
-            if done % spec.train.sample_every == 0 or done == total:
-                grid(run_dir.samples_dir / f"step_{done:07d}.png")
-            if done % spec.train.checkpoint_every == 0 or done == total or done == end:
-                checkpoint(done)
-                last_checkpoint = done
-    except GenbenchError:
-        info["status"] = STATUS_FAILED
-        run_dir.write_config(info)
+                    bar.update(1)
+                if done % spec.train.sample_every == 0 or done == total:
+                    grid(run_dir.samples_dir / f"step_{done:07d}.png")
+                if received or done % spec.train.checkpoint_every == 0 or done in (total, end):
+                    train_time += time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    checkpoint(done)
+                    last_checkpoint = done
+                if received and done < total:
+                    name = signal.Signals(received[0]).name
+                    raise RunInterrupted(f"{name} at step {done} of {total}: checkpoint saved in "
+                                         f"{run_dir.path}; re-run the same command to resume",
+                                         received[0])
+    except GenbenchError as error:
+        if not isinstance(error, RunInterrupted):
+            info["status"] = STATUS_FAILED
+            run_dir.write_config(info)
         raise
     finally:
         if bar is not None:

@@ -35,7 +35,7 @@ class TrainConfig:
     grid_seed: int = 1234  # latents of the sample grids, the same at every interval
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every"):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every", "grid_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every % self.log_every:

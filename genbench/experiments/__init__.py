@@ -1,0 +1,1 @@
+"""Experiments: plan runs and sweeps from user input, execute them."""

@@ -1,0 +1,303 @@
+"""From the long results table to comparison tables: one row per model (and swept value), one
+column per metric, mean and spread over seeds.
+
+A table never mixes datasets, training budgets or splits: their numbers are not comparable
+(evaluation settings follow the budget). Renderers (``tables.py``) and plots (``figures.py``) read
+:class:`ComparisonTable` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# Short column labels; metrics not listed use their registered name.
+METRIC_LABELS = {
+    "mmd": "MMD²",
+    "ms_ssim_diversity": "MS-SSIM",
+    "fid": "FID",
+    "kid": "KID",
+    "isc": "IS",
+    "precision": "precision",
+    "recall": "recall",
+    "label_entropy": "label entropy",
+    "log_likelihood": "log p(x)",
+    "elbo": "ELBO",
+    "kl": "KL",
+    "log_likelihood_gap": "LL gap",
+    "active_units": "active units",
+    "reconstruction_mse": "recon. MSE",
+    "reconstruction_error_normalized": "recon. error",
+    "memorisation_nn_ratio": "NN ratio",
+}
+# Units worth printing in a header; the others are dimensionless scores or named by the label.
+HEADER_UNITS = {"nats": "nats", "units": "units", "MSE per pixel": "per pixel"}
+# The order of columns: headline sample metrics, likelihoods, then the rest alphabetically.
+METRIC_ORDER = ["mmd", "ms_ssim_diversity", "fid", "kid", "isc", "precision", "recall",
+                "label_entropy", "log_likelihood", "elbo", "kl", "reconstruction_mse",
+                "reconstruction_error_normalized", "active_units", "log_likelihood_gap",
+                "memorisation_nn_ratio"]
+
+ROW_MODEL = "model"
+ROW_REFERENCE = "reference"
+ROW_PUBLISHED = "published"
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    name: str
+    label: str
+    direction: str  # "higher", "lower" or "none"
+    unit: str  # as registered ("nats", "squared MMD", ...)
+
+    @property
+    def header_unit(self) -> str:
+        """The unit to print in a header, or "" for a dimensionless score."""
+        return HEADER_UNITS.get(self.unit, "")
+
+
+@dataclass
+class Cell:
+    """One metric for one row: the mean over seeds, the sample standard deviation (ddof 1; None
+    for one seed), the number of seeds, and a 95% Student-t interval of the mean."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    ci_low: float | None = None
+    ci_high: float | None = None
+    values: list[float] = field(default_factory=list)
+    status: str = "ok"  # "ok", "n/a" (does not apply), "missing" (not evaluated)
+    mixed_settings: bool = False  # the seeds' values came from different estimator settings
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.mean is not None
+
+
+@dataclass
+class Row:
+    key: dict[str, Any]  # the group-by values, e.g. {"model": "gvae", "latent_dim": 100}
+    cells: dict[str, Cell]
+    kind: str = ROW_MODEL  # model, reference (real data) or published
+    seeds: int = 0
+    run_ids: list[str] = field(default_factory=list)
+    source: str = ""  # published rows: the paper and table
+
+
+@dataclass
+class ComparisonTable:
+    dataset: str
+    budget: str
+    split: str
+    group_by: list[str]
+    columns: list[MetricColumn]
+    rows: list[Row]
+    feature_extractors: dict[str, str] = field(default_factory=dict)  # metric -> extractor
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.budget}-{self.split}"
+
+    def column(self, metric: str) -> MetricColumn:
+        for column in self.columns:
+            if column.name == metric:
+                return column
+        raise KeyError(f"no metric '{metric}' in table {self.name} "
+                       f"(its metrics: {', '.join(c.name for c in self.columns)})")
+
+    def best_rows(self, metric: str) -> list[int]:
+        """Indices of the model rows with the best mean for ``metric`` (ties all count); empty for
+        an unranked metric. Reference and published rows never count."""
+        column = self.column(metric)
+        if column.direction not in ("higher", "lower"):
+            return []
+        candidates = [(i, r.cells[metric].mean) for i, r in enumerate(self.rows)
+                      if r.kind == ROW_MODEL and metric in r.cells and r.cells[metric].available]
+        if len(candidates) < 2:
+            return []
+        pick = max if column.direction == "higher" else min
+        best = pick(v for _, v in candidates)
+        return [i for i, v in candidates if v == best]
+
+
+def summarise(values: list[float]) -> Cell:
+    """Mean, sample std (ddof 1) and 95% t-interval of per-seed values."""
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    if n == 0:
+        return Cell(status="missing")
+    mean = float(array.mean())
+    if n == 1:
+        return Cell(mean=mean, n=1, values=[float(array[0])])
+    std = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return Cell(mean=mean, std=std, n=n, ci_low=mean - half, ci_high=mean + half,
+                values=[float(v) for v in array])
+
+
+def metric_column(name: str, rows: pd.DataFrame | None = None) -> MetricColumn:
+    direction, unit = "none", ""
+    try:
+        from genbench.evaluation import compute, quality  # noqa: F401  (register the metrics)
+        from genbench.evaluation.registry import METRICS
+
+        entry = METRICS.get(name)
+        direction, unit = entry.direction, entry.unit
+    except Exception:  # a metric from a plug-in that is not installed here: trust the file
+        if rows is not None and len(rows):
+            direction = str(rows["direction"].dropna().iloc[0]) if rows["direction"].notna().any() else "none"
+            unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
+    return MetricColumn(name, METRIC_LABELS.get(name, name), direction, unit)
+
+
+def _settings_fingerprint(settings: str) -> str:
+    """Settings that make values comparable; the per-run measured parts (references, bias,
+    chosen sigma and timings) are left out."""
+    try:
+        values = json.loads(settings) if isinstance(settings, str) else {}
+    except json.JSONDecodeError:
+        return ""
+    skip = {"real_reference", "bootstrap_bias", "sigma", "sigma_grid", "shift_nats", "normaliser",
+            "bandwidth", "held_out", "train", "mean_estimator_std_error", "bits_per_dim",
+            "mean_sample_to_train", "mean_test_to_train", "fraction_active", "observation",
+            "histogram"}
+    return json.dumps({k: v for k, v in values.items() if k not in skip}, sort_keys=True)
+
+
+def _real_reference(rows: pd.DataFrame) -> list[float]:
+    values = []
+    for settings in rows["settings"].dropna():
+        try:
+            reference = json.loads(settings).get("real_reference")
+        except json.JSONDecodeError:
+            continue
+        if reference is not None:
+            values.append(float(reference))
+    return values
+
+
+def default_group_by(frame: pd.DataFrame) -> list[str]:
+    """``model`` plus every swept parameter of this frame that has more than one value."""
+    parameters = frame.attrs.get("parameters", [])
+    group = ["model"]
+    for key in parameters:
+        if key in frame and frame[key].nunique(dropna=True) > 1:
+            group.append(key)
+    return group
+
+
+def _key_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        value = float(value)
+        return int(value) if value.is_integer() else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: str = "test",
+                 metrics: list[str] | None = None, published: pd.DataFrame | None = None
+                 ) -> list[ComparisonTable]:
+    """One :class:`ComparisonTable` per (dataset, budget) found in ``frame`` (a ``results.csv``),
+    on ``split``. Rows are sorted by the group-by values; columns are the metrics present (or
+    ``metrics``). ``published`` rows (``baselines/published.csv``) of the same dataset and metrics
+    are appended, marked as published."""
+    frame = frame[frame["metric"].fillna("") != ""]
+    frame = frame[(frame["split"] == split) | (frame["run_status"] == "samples")]
+    group_by = list(group_by or default_group_by(frame))
+    missing = [key for key in group_by if key not in frame.columns]
+    if missing:
+        from genbench.core.errors import UsageError
+
+        known = ["model", "seed", *frame.attrs.get("parameters", [])]
+        raise UsageError(f"--group-by: no column {', '.join(missing)} in the results "
+                         f"(known: {', '.join(known)})")
+    tables = []
+    for (dataset, budget), part in frame.groupby(["dataset", "budget"], sort=True, dropna=False):
+        tables.append(_build_table(part, str(dataset), str(budget), split, group_by, metrics,
+                                   published))
+    return tables
+
+
+def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, group_by: list[str],
+                 metrics: list[str] | None, published: pd.DataFrame | None) -> ComparisonTable:
+    present = list(dict.fromkeys(part["metric"]))
+    names = metrics or sorted(present, key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER
+                                                      else len(METRIC_ORDER), m))
+    names = [m for m in names if m in present]
+    columns = [metric_column(m, part[part["metric"] == m]) for m in names]
+    rows: list[Row] = []
+    keyed = part.assign(**{k: part[k].map(_key_value).astype(object) for k in group_by})
+    for key_values, group in keyed.groupby(group_by, sort=True, dropna=False):
+        key_values = key_values if isinstance(key_values, tuple) else (key_values,)
+        key = {k: _key_value(v) for k, v in zip(group_by, key_values)}
+        cells = {}
+        for column in columns:
+            rows_m = group[group["metric"] == column.name]
+            ok = rows_m[(rows_m["status"] == "ok") & rows_m["value"].notna()]
+            if len(ok):
+                cell = summarise(ok["value"].astype(float).tolist())
+                cell.mixed_settings = ok["settings"].map(_settings_fingerprint).nunique() > 1
+            elif len(rows_m):
+                cell = Cell(status="n/a", note="; ".join(sorted(set(rows_m["status"].astype(str)))))
+            else:
+                cell = Cell(status="missing")
+            cells[column.name] = cell
+        run_ids = sorted(set(group["run_id"]))
+        rows.append(Row(key=key, cells=cells, seeds=len(run_ids), run_ids=run_ids))
+
+    reference = {}
+    for column in columns:
+        values = _real_reference(part[part["metric"] == column.name])
+        if values:
+            cell = summarise(values)
+            # Every run measures the same real-data value when the settings agree: show it once.
+            if cell.std is not None and cell.std < 1e-12 * max(1.0, abs(cell.mean)):
+                cell = Cell(mean=cell.mean, n=cell.n, values=cell.values)
+            reference[column.name] = cell
+    if reference:
+        key = {k: "" for k in group_by} | {group_by[0]: "real data"}
+        rows.append(Row(key=key, cells={c.name: reference.get(c.name, Cell(status="n/a"))
+                                        for c in columns}, kind=ROW_REFERENCE))
+    if published is not None and len(published):
+        rows.extend(_published_rows(published, dataset, columns, group_by))
+
+    extractors = {}
+    for column in columns:
+        labels = sorted(set(part.loc[part["metric"] == column.name, "feature_extractor"].dropna()) - {""})
+        if labels:
+            extractors[column.name] = " / ".join(labels)
+    notes = []
+    if any(c.mixed_settings for r in rows for c in r.cells.values()):
+        notes.append("† the seeds of this cell were evaluated with different estimator settings")
+    return ComparisonTable(dataset, budget, split, group_by, columns, rows, extractors, notes)
+
+
+def _published_rows(published: pd.DataFrame, dataset: str, columns: list[MetricColumn],
+                    group_by: list[str]) -> list[Row]:
+    names = {c.name for c in columns}
+    mine = published[(published["dataset"] == dataset) & published["metric"].isin(names)]
+    rows = []
+    for (model, setting, source), group in mine.groupby(["model", "setting", "source"], sort=False):
+        cells = {c.name: Cell(status="missing") for c in columns}
+        for _, entry in group.iterrows():
+            std = None if pd.isna(entry.get("std")) else float(entry["std"])
+            cells[entry["metric"]] = Cell(mean=float(entry["value"]), std=std, n=0,
+                                          note=str(entry.get("std_is", "") or ""))
+        key = {k: "" for k in group_by} | {group_by[0]: f"{model} (published)"}
+        rows.append(Row(key=key, cells=cells, kind=ROW_PUBLISHED,
+                        source=f"{source}; {setting}"))
+    return rows

@@ -1,0 +1,201 @@
+"""results.csv and reports, from hand-written run folders with known numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from genbench.core.errors import UsageError
+from genbench.reporting.aggregate import ROW_MODEL, ROW_PUBLISHED, ROW_REFERENCE, build_tables, summarise
+from genbench.reporting.collect import collect_results, read_results_csv, write_results_csv
+from genbench.reporting.report import write_report
+
+# model -> latent_dim -> per-seed (mmd, log_likelihood); None: the metric does not apply.
+KNOWN = {
+    ("gvae", 100): [(0.010, 300.0), (0.012, 310.0), (0.014, 320.0)],
+    ("gvae", 500): [(0.020, 280.0), (0.024, 290.0), (0.028, 300.0)],
+    ("gan", 100): [(0.008, None), (0.010, None), (0.012, None)],
+}
+
+
+def metric_entry(value, direction, unit, settings=None, std=None):
+    if value is None:
+        return {"value": None, "status": "n/a", "reason": "no encoder", "direction": direction,
+                "unit": unit, "split": "test"}
+    return {"value": value, "std": std, "ci_low": None, "ci_high": None, "num_samples": 500,
+            "status": "ok", "direction": direction, "unit": unit, "split": "test",
+            "settings": settings or {}}
+
+
+def write_run(root, model, latent_dim, seed, mmd, log_likelihood, budget="smoke", mmd_settings=None):
+    run_id = f"{budget}-seed{seed}-{model}{latent_dim}"
+    folder = root / "mnist" / model / run_id
+    folder.mkdir(parents=True)
+    config = {"run_id": run_id, "model": model, "seed": seed, "budget": budget, "status": "complete",
+              "data": {"dataset": "mnist", "image_size": None, "limit": None},
+              "train": {"steps": 300, "batch_size": 64, "log_every": 10, "checkpoint_every": 100,
+                        "sample_every": 100, "grid_size": 64, "grid_seed": 1234},
+              "model_config": {"latent_dim": latent_dim, "learning_rate": 0.0002},
+              "hardware": {"device": "cpu", "cpu_count": 2, "processor": "x86_64"},
+              "torch_threads": 2, "train_time_s": 10.0 + seed, "parameters": 1000 + latent_dim,
+              "genbench_version": "0.1.0", "git_commit": "abc"}
+    (folder / "config.json").write_text(json.dumps(config))
+    settings = mmd_settings or {"bandwidth": 20.0, "features": 784, "num_x": 500, "real_reference": -0.0002}
+    metrics = {
+        "mmd": metric_entry(mmd, "lower", "squared MMD", settings),
+        "log_likelihood": metric_entry(log_likelihood, "higher", "nats", {"method": "is"}, std=1.0),
+        "kl": metric_entry(None if log_likelihood is None else 5.0 * seed, "none", "nats"),
+    }
+    document = {"schema_version": 1, "run_id": run_id, "model": model, "seed": seed,
+                "checkpoint_step": 300, "seconds": 3.0, "torch_threads": 1, "metrics": metrics}
+    (folder / "metrics.json").write_text(json.dumps(document))
+    (folder / "losses.csv").write_text("step,images,time_s,loss\n10,640,1.0,2.5\n20,1280,2.0,2.0\n")
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path):
+    for (model, latent_dim), seeds in KNOWN.items():
+        for seed, (mmd, ll) in enumerate(seeds):
+            write_run(tmp_path, model, latent_dim, seed, mmd, ll)
+    return tmp_path
+
+
+def test_results_csv_has_one_row_per_run_and_metric(store):
+    frame = collect_results(store)
+    assert len(frame) == 9 * 3
+    assert frame.attrs["parameters"] == ["latent_dim"]
+    assert list(frame.columns[:6]) == ["run_id", "dataset", "model", "budget", "seed", "latent_dim"]
+    row = frame[(frame["run_id"] == "smoke-seed1-gvae500") & (frame["metric"] == "mmd")].iloc[0]
+    assert (row["value"], row["latent_dim"]) == (0.024, 500)
+    assert (row["direction"], row["unit"]) == ("lower", "squared MMD")
+    assert row["feature_extractor"] == "pixels (784 dims)" and row["parameters"] == 1500
+    assert json.loads(row["settings"])["bandwidth"] == 20.0
+    gan = frame[(frame["model"] == "gan") & (frame["metric"] == "log_likelihood")]
+    assert (gan["status"] == "n/a").all() and gan["value"].isna().all()
+
+
+def test_results_csv_round_trips_and_rebuilds_identically(store):
+    path = write_results_csv(store)
+    first = path.read_bytes()
+    back = read_results_csv(path)
+    assert back.attrs["parameters"] == ["latent_dim"]
+    assert back["value"].dropna().tolist() == collect_results(store)["value"].dropna().tolist()
+    path.unlink()
+    assert write_results_csv(store).read_bytes() == first
+
+
+def test_aggregation_mean_and_std_over_seeds(store):
+    [table] = build_tables(collect_results(store))
+    assert table.group_by == ["model", "latent_dim"]
+    assert [c.name for c in table.columns] == ["mmd", "log_likelihood", "kl"]
+    rows = {(r.key["model"], r.key["latent_dim"]): r for r in table.rows if r.kind == ROW_MODEL}
+    assert set(rows) == set(KNOWN)
+    for key, seeds in KNOWN.items():
+        mmd = rows[key].cells["mmd"]
+        values = [s[0] for s in seeds]
+        mean = sum(values) / 3
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+        assert mmd.n == 3 and rows[key].seeds == 3
+        assert mmd.mean == pytest.approx(mean, rel=1e-12) and mmd.std == pytest.approx(std, rel=1e-12)
+        # 95% t-interval with 2 degrees of freedom: t = 4.302653
+        assert mmd.ci_high - mmd.mean == pytest.approx(4.302653 * std / math.sqrt(3), rel=1e-6)
+    assert rows[("gvae", 100)].cells["log_likelihood"].mean == 310.0
+    assert rows[("gvae", 100)].cells["log_likelihood"].std == 10.0
+
+
+def test_not_applicable_cells_and_best_marking(store):
+    [table] = build_tables(collect_results(store))
+    rows = {(r.key["model"], r.key["latent_dim"]): i for i, r in enumerate(table.rows) if r.kind == ROW_MODEL}
+    gan = table.rows[rows[("gan", 100)]]
+    assert gan.cells["log_likelihood"].status == "n/a" and gan.cells["log_likelihood"].mean is None
+    assert table.best_rows("mmd") == [rows[("gan", 100)]]  # lower is better: 0.010 < 0.012 < 0.024
+    assert table.best_rows("log_likelihood") == [rows[("gvae", 100)]]  # higher: 310 > 290
+    assert table.best_rows("kl") == []  # not ranked
+
+
+def test_reference_row_from_real_data_and_never_best(store):
+    [table] = build_tables(collect_results(store))
+    reference = [r for r in table.rows if r.kind == ROW_REFERENCE]
+    assert len(reference) == 1 and reference[0].key["model"] == "real data"
+    assert reference[0].cells["mmd"].mean == -0.0002 and reference[0].cells["mmd"].std is None
+    assert reference[0].cells["log_likelihood"].status == "n/a"
+
+
+def test_published_rows_are_joined_and_marked(store, tmp_path):
+    published = pd.DataFrame([
+        {"dataset": "mnist", "model": "VAE-10", "metric": "log_likelihood", "value": 705.4, "std": 7.4,
+         "std_is": "over test examples", "unit": "nats", "setting": "AIS",
+         "source": "Wu et al. 2017, Table 2"},
+        {"dataset": "cifar10", "model": "X", "metric": "log_likelihood", "value": 1.0, "std": None,
+         "std_is": "", "unit": "nats", "setting": "", "source": "elsewhere"},
+    ])
+    [table] = build_tables(collect_results(store), published=published)
+    rows = [r for r in table.rows if r.kind == ROW_PUBLISHED]
+    assert len(rows) == 1 and rows[0].key["model"] == "VAE-10 (published)"
+    assert rows[0].cells["log_likelihood"].mean == 705.4 and "Wu et al. 2017" in rows[0].source
+    assert rows[0].cells["mmd"].status == "missing"
+    best = table.best_rows("log_likelihood")
+    assert all(i not in best for i, r in enumerate(table.rows) if r.kind != ROW_MODEL)
+
+
+def test_budgets_get_separate_tables_and_mixed_settings_are_flagged(store):
+    write_run(store, "gvae", 100, 0, 0.5, 1.0, budget="standard")
+    write_run(store, "gvae", 100, 7, 0.02, 300.0, mmd_settings={"num_x": 999, "real_reference": -0.0002})
+    tables = build_tables(collect_results(store))
+    assert [t.budget for t in tables] == ["smoke", "standard"]
+    smoke = tables[0]
+    row = next(r for r in smoke.rows if r.key.get("model") == "gvae" and r.key.get("latent_dim") == 100)
+    assert row.cells["mmd"].n == 4 and row.cells["mmd"].mixed_settings
+    assert any("different estimator settings" in note for note in smoke.notes)
+
+
+def test_group_by_validation(store):
+    with pytest.raises(UsageError, match="no column dropout"):
+        build_tables(collect_results(store), group_by=["model", "dropout"])
+    [table] = build_tables(collect_results(store), group_by=["model"])
+    gvae = next(r for r in table.rows if r.key["model"] == "gvae")
+    assert gvae.seeds == 6 and gvae.cells["mmd"].mean == pytest.approx(0.018)
+
+
+def test_summarise_single_and_empty():
+    assert summarise([]).status == "missing"
+    one = summarise([2.5])
+    assert (one.mean, one.std, one.n, one.ci_low) == (2.5, None, 1, None)
+
+
+def test_report_rebuilds_from_run_folders(store):
+    report = write_report(store, baselines=None)
+    index = report.index.read_text()
+    assert "## mnist, smoke budget, test split" in index
+    assert (store / "report" / "tables" / "mnist-smoke-test.md").is_file()
+    assert (store / "report" / "figures" / "mnist-smoke-test-mmd-vs-latent_dim.png").is_file()
+    for path in report.files:
+        assert path.is_file() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.relative_to(store / "report").as_posix() in index or "metrics-vs" not in path.name
+    # Tables CSV: the same means as a direct computation from results.csv.
+    results = pd.read_csv(store / "results.csv")
+    table = pd.read_csv(store / "report" / "tables" / "mnist-smoke-test.csv")
+    expected = results[results["metric"] == "mmd"].groupby(["model", "latent_dim"])["value"].mean()
+    for _, row in table[table["kind"] == "model"].iterrows():
+        assert row["mmd_mean"] == pytest.approx(expected[(row["model"], int(row["latent_dim"]))], rel=1e-12)
+    # Delete everything derived; the run folders alone rebuild the same results.csv.
+    before = (store / "results.csv").read_bytes()
+    (store / "results.csv").unlink()
+    import shutil
+
+    shutil.rmtree(store / "report")
+    write_report(store, baselines=None, figures=False)
+    assert (store / "results.csv").read_bytes() == before
+    assert not list((store / "report").glob("figures/*"))
+
+
+def test_report_of_an_empty_folder_says_what_to_do(tmp_path):
+    report = write_report(tmp_path, baselines=None)
+    assert "No evaluated runs yet" in report.index.read_text()
+    with pytest.raises(UsageError, match="not a folder"):
+        write_report(tmp_path / "missing")
