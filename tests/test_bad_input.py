@@ -70,8 +70,8 @@ def files_under(folder: Path) -> list[str]:
 
 
 def assert_no_run_left(out: Path) -> None:
-    """No run folder and no half-written file; the run's lock file beside its folder may stay."""
-    left = [f for f in files_under(out) if not f.endswith(".lock")]
+    """No run folder, no half-written file and no lock file (its holder removes it)."""
+    left = files_under(out)
     assert left == [], left
 
 
@@ -592,3 +592,36 @@ def test_fidelity_features_must_be_finite():
     generated["2048"][3, 7] = math.nan
     with pytest.raises(UsageError, match=re.escape("features_generated['2048'] contains NaN or infinite")):
         fidelity_metrics_from_features(generated, real, "inception-v3-compat", metrics=("fid",))
+
+
+# --- a checkpoint from another model or config ------------------------------------------------------
+
+def test_a_checkpoint_of_another_run_is_one_line_and_left_alone(tmp_path):
+    first = invoke(*tiny("run", "--models", "vae", "--out", tmp_path / "a"))
+    assert first.exit_code == 0, first.output
+    [theirs] = (tmp_path / "a").glob("mnist/vae/*/checkpoint.pt")
+    # The folder of a run with another config (latent_dim 8): someone copied the checkpoint in.
+    planned = invoke(*tiny("run", "--models", "vae", "--set", "latent_dim=8", "--set", "steps=1",
+                           "--out", tmp_path / "b"))
+    assert planned.exit_code == 0, planned.output
+    [mine] = (tmp_path / "b").glob("mnist/vae/*/")
+    shutil.rmtree(mine)
+    mine.mkdir()
+    shutil.copy(theirs, mine / "checkpoint.pt")
+    before = (mine / "checkpoint.pt").read_bytes()
+    result = invoke(*tiny("run", "--models", "vae", "--set", "latent_dim=8", "--set", "steps=1",
+                          "--out", tmp_path / "b"))
+    line = assert_one_line_error(result, 1, f"belongs to run {theirs.parent.name}, not {mine.name}")
+    assert "--fresh" in line
+    assert (mine / "checkpoint.pt").read_bytes() == before  # not overwritten
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_run(tmp_path):
+    for latent in ("4", "8"):
+        done = invoke(*tiny("run", "--models", "vae", "--set", f"latent_dim={latent}", "--out", tmp_path))
+        assert done.exit_code == 0, done.output
+    a, b = sorted(tmp_path.glob("mnist/vae/*/"))
+    shutil.copy(a / "checkpoint.pt", b / "checkpoint.pt")
+    result = invoke("evaluate", b, "--metrics", "mmd", "--device", "cpu")
+    assert_one_line_error(result, 1, f"belongs to run {a.name}, not {b.name}")
+    assert not (b / "metrics.json").exists()

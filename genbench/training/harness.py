@@ -27,7 +27,7 @@ import torch
 from torchvision.utils import save_image
 
 from genbench.core.errors import GenbenchError
-from genbench.core.io import atomic_write
+from genbench.core.io import atomic_write, write_bytes
 from genbench.core.locking import run_lock
 from genbench.data import load_images, to_model_range
 from genbench.models.base import GenerativeModel, StepContext
@@ -255,15 +255,22 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
         interval.sums, interval.counts = state["interval"]
         status = "resumed"
 
+    earlier = run_dir.read_config() or {}
     info = spec.to_dict() | provenance(torch_device) | {
         "run_id": spec.run_id,
         "status": STATUS_RUNNING,
+        "processes": 1,  # training processes (data parallel ranks)
         "parameters": count_parameters(model),
         "image_shape": list(image_shape),
         "data_origin": data.origin,
         "data_checksums": data.checksums,
         "mixed_precision": use_amp,
     }
+    if status == "resumed" and earlier.get("torch_threads") not in (None, info["torch_threads"]):
+        print(f"genbench: warning: resuming {spec.model} seed {spec.seed} with "
+              f"{info['torch_threads']} torch threads, not the {earlier['torch_threads']} it started "
+              "with: the result will be correct but not bit-identical to an uninterrupted run",
+              file=sys.stderr)
     run_dir.write_config(info)
     writer = _tensorboard_writer(run_dir) if tensorboard else None
     columns = ["step", "images", "time_s", *model.loss_names]
@@ -348,7 +355,7 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
 
     if end < total:  # stopped early on purpose: resumable, not complete
         return FitResult(run_dir, status, end, train_time, losses, info["parameters"])
-    shutil.copyfile(run_dir.samples_dir / f"step_{total:07d}.png", run_dir.samples_path)
+    write_bytes(run_dir.samples_path, (run_dir.samples_dir / f"step_{total:07d}.png").read_bytes())
     final = {k: v for k, v in (rows[-1] if rows else {}).items()
              if k not in ("step", "images", "time_s") and v not in ("", None)}
     final = {k: float(v) for k, v in final.items()}
