@@ -275,3 +275,18 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     finished = fit(spec(), tmp_path, device="cpu", progress=False, allow_download=False)
     assert finished.status == "resumed" and finished.run_dir.is_complete()
+
+
+def test_two_processes_running_the_same_command_train_once(tmp_path):
+    command = cli_run(tmp_path, 300, "mmd")
+    first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    run_rows = [line.split() for out, _ in outputs for line in out.splitlines()]
+    statuses = sorted(row[2] for row in run_rows
+                      if len(row) > 2 and row[2] in ("trained", "resumed", "skipped"))
+    assert statuses == ["skipped", "trained"], outputs
+    assert any("waiting for" in err for _, err in outputs)
+    assert json.loads((run_folder(tmp_path) / "config.json").read_text())["status"] == "complete"
+    assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.tmp"))
