@@ -18,6 +18,7 @@ from typing import Any
 
 from genbench.core.errors import UsageError
 from genbench.experiments.execute import CellOutcome, ExecutionOptions, execute
+from genbench.experiments.executors import ExecutorOptions, check_executor_available, execute_with
 from genbench.experiments.plan import (
     SweepAxis,
     build_specs,
@@ -99,6 +100,24 @@ def _check_writable(out: Path) -> None:
         raise GenbenchError(f"cannot write to output folder {out}: {error.strerror}") from None
 
 
+def _executor(name: str, values: Mapping[str, Any] | None, jobs: int) -> ExecutorOptions:
+    import dataclasses
+    import difflib
+
+    known = [f.name for f in dataclasses.fields(ExecutorOptions) if f.name != "name"]
+    for key in sorted(set(values or {}) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+        raise UsageError(f"unknown executor option '{key}'; {hint}")
+    executor = ExecutorOptions(name, **dict(values or {}))
+    executor.validate()
+    if jobs > 1 and name != "local":
+        raise UsageError(f"--jobs runs cells on this machine; with --executor {name} give "
+                         "--cpus-per-cell instead")
+    check_executor_available(name)
+    return executor
+
+
 def run(models: str | Iterable[str], dataset: str = "mnist", budget: str = "smoke",
         seeds: Iterable[int] = (0,), overrides: Mapping[str, Any] | Iterable[str] | None = None,
         out: str | Path = "results", *, device: str = "auto", data_dir: str | None = None,
@@ -124,17 +143,22 @@ def sweep(specs: Mapping[str, Iterable[Any]] | Iterable[str] | str, models: str 
           *, device: str = "auto", data_dir: str | None = None, image_size: int | None = None,
           limit: int | None = None, download: bool = True, evaluate: bool = True,
           metrics: str | Iterable[str] | None = None, fresh: bool = False, progress: bool = True,
-          tensorboard: bool = False, jobs: int = 1, report: bool = True) -> RunBatch:
+          tensorboard: bool = False, jobs: int = 1, report: bool = True, executor: str = "local",
+          executor_options: Mapping[str, Any] | None = None) -> RunBatch:
     """The cartesian product of the specs' values × models × seeds, one ordinary run folder per
     cell. ``specs`` is ``{"latent_dim": [100, 500]}`` or ``["latent_dim=100,500"]``. Re-running
-    skips finished cells and resumes unfinished ones; a failed cell does not stop the others."""
+    skips finished cells and resumes unfinished ones; a failed cell does not stop the others.
+
+    ``executor`` is ``"local"``, ``"ray"`` or ``"slurm"``; ``executor_options`` holds fields of
+    :class:`~genbench.experiments.executors.ExecutorOptions` (``{"cpus_per_cell": 2}``)."""
     axes = _axes(specs)
     cells = plan_sweep(axes, _models(models), dataset, budget, list(seeds), _overrides(overrides),
                        image_size, limit)
     options = _options(out, device, data_dir, download, evaluate, metrics, fresh, progress,
                        tensorboard, jobs, keep_going=True)
+    where = _executor(executor, executor_options, jobs)
     _check_writable(Path(out))
-    outcomes = execute([cell.spec for cell in cells], options)
+    outcomes = execute_with([cell.spec for cell in cells], options, where)
     written = write_report(out) if report else None
     return RunBatch(outcomes, list(dict.fromkeys(axis.bare_key for axis in axes)), written)
 

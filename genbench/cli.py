@@ -128,11 +128,35 @@ def _print_outcomes(batch, out: str, group_by: list[str]) -> None:
                             "cause and re-run the same command to finish them")
 
 
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """``genbench run --nproc N ...`` is ``torchrun --nproc-per-node N -m genbench.cli run ...``."""
+    import subprocess
+
+    args = sys.argv[1:]
+    cleaned, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        cleaned.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "genbench.cli", *cleaned]
+    sys.exit(subprocess.call(command))
+
+
 @main.command()
 @_shared_run_options
 @click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2 (default: 0).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel training processes per run (gloo on CPU, NCCL on GPUs), "
+                   "launched with torchrun; batch_size is the global batch.")
 def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, image_size, limit,
-        fresh, download, tensorboard, progress, evaluate, metrics, jobs, write_report):
+        fresh, download, tensorboard, progress, evaluate, metrics, jobs, write_report, nproc):
     """Train models and write one run folder each under OUT/<dataset>/<model>/<run-id>/, evaluate
     them, print a comparison table and rebuild the report in OUT/report/.
 
@@ -144,11 +168,35 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
       genbench run --models wgan --set gradient_penalty=true --seeds 0,1,2
     """
     from genbench import api
+    from genbench.training.distributed import ranks_from_environment
 
-    batch = api.run(models, dataset, budget, _seed_list(seed, seeds, [0]), overrides, out,
+    seed_list = _seed_list(seed, seeds, [0])
+    ranks = ranks_from_environment()
+    if nproc > 1 and not ranks.distributed:
+        if jobs > 1:
+            raise UsageError("give --nproc (processes per run) or --jobs (runs at once), not both")
+        specs = api.build_specs(_split_list(models), dataset, budget, seed_list,
+                                api.parse_overrides(overrides), image_size, limit)  # errors first
+        from genbench.models import get_model_class
+
+        for name in dict.fromkeys(spec.model for spec in specs):
+            if not get_model_class(name).trains_by_gradient:
+                raise UsageError(f"{name} is fitted in closed form, not by gradient steps: train it "
+                                 "in one process (without --nproc)")
+        _relaunch_with_torchrun(nproc)
+    # Under torchrun every rank trains; rank 0 alone evaluates, reports and prints.
+    batch = api.run(models, dataset, budget, seed_list, overrides, out,
                     device=device, data_dir=data_dir, image_size=image_size, limit=limit,
-                    download=download, evaluate=evaluate, metrics=metrics, fresh=fresh,
-                    progress=progress, tensorboard=tensorboard, jobs=jobs, report=write_report)
+                    download=download, evaluate=evaluate and ranks.is_main, metrics=metrics,
+                    fresh=fresh, progress=progress, tensorboard=tensorboard, jobs=jobs,
+                    report=write_report and ranks.is_main)
+    if ranks.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if not ranks.is_main:
+            return
     _print_outcomes(batch, out, ["model"])
 
 
@@ -156,10 +204,21 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
 @click.argument("specs", nargs=-1, required=True)
 @_shared_run_options
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds per cell: 0,1,2 or 0:3.")
+@click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local",
+              show_default=True, help="Where cells run: this machine, Ray tasks or Slurm jobs.")
+@click.option("--address", default=None, help="ray: address of a running cluster (default: start one).")
+@click.option("--cpus-per-cell", type=float, default=1, show_default=True,
+              help="ray/slurm: CPUs (and torch threads) each cell asks for.")
+@click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="ray: GPUs per cell.")
+@click.option("--slurm-partition", default=None, help="slurm: the partition to submit to.")
+@click.option("--slurm-time", type=int, default=60, show_default=True,
+              help="slurm: time limit per job in minutes; a timed-out cell is requeued and resumes.")
+@click.option("--slurm-gpus", type=int, default=0, show_default=True, help="slurm: GPUs per job.")
 @click.pass_context
 def sweep(ctx, specs, models, dataset, budget, seed, seeds, overrides, out, data_dir, device,
           image_size, limit, fresh, download, tensorboard, progress, evaluate, metrics, jobs,
-          write_report):
+          write_report, executor, address, cpus_per_cell, gpus_per_cell, slurm_partition, slurm_time,
+          slurm_gpus):
     """Train the cartesian product of SPECS (key=v1,v2,...) x models x seeds, one ordinary run
     folder per cell; print the comparison table and rebuild the report.
 
@@ -172,6 +231,7 @@ def sweep(ctx, specs, models, dataset, budget, seed, seeds, overrides, out, data
     Example:
       genbench sweep latent_dim=100,500,1000 --models gvae,vae --dataset mnist
       genbench sweep latent_dim=100,500,1000 --models gvae --seeds 0,1 --budget smoke --jobs 2
+      genbench sweep latent_dim=100,500 --models gvae --executor slurm --slurm-gpus 1 --out /shared/results
     """
     from genbench import api
 
@@ -180,7 +240,11 @@ def sweep(ctx, specs, models, dataset, budget, seed, seeds, overrides, out, data
     batch = api.sweep(list(specs), models, dataset, budget, seed_list, overrides, out,
                       device=device, data_dir=data_dir, image_size=image_size, limit=limit,
                       download=download, evaluate=evaluate, metrics=metrics, fresh=fresh,
-                      progress=progress, tensorboard=tensorboard, jobs=jobs, report=write_report)
+                      progress=progress, tensorboard=tensorboard, jobs=jobs, report=write_report,
+                      executor=executor,
+                      executor_options={"address": address, "cpus_per_cell": cpus_per_cell,
+                                        "gpus_per_cell": gpus_per_cell, "slurm_partition": slurm_partition,
+                                        "slurm_time_min": slurm_time, "slurm_gpus": slurm_gpus})
     _print_outcomes(batch, out, ["model", *batch.parameters])
 
 

@@ -34,6 +34,9 @@ def lock_path_for(run_path: Path) -> Path:
 def run_lock(run_path: str | Path, log=None) -> Iterator[None]:
     """Hold the lock of the run folder ``run_path``; wait (saying so once) while another process
     holds it."""
+    if int(os.environ.get("RANK", "0")) > 0:  # data-parallel ranks: rank 0 holds the lock
+        yield
+        return
     path = lock_path_for(Path(run_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve())

@@ -163,9 +163,11 @@ class StepContext:
     are plain ``backward`` and ``optimizer.step``.
     """
 
-    def __init__(self, device: torch.device, scaler: torch.amp.GradScaler | None = None):
+    def __init__(self, device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                 ranks=None):
         self.device = device
         self.scaler = scaler
+        self.ranks = ranks  # data-parallel ranks (genbench.training.distributed.Ranks) or None
 
     @property
     def amp(self) -> bool:
@@ -188,6 +190,12 @@ class StepContext:
         loss.backward(inputs=list(inputs) if inputs is not None else None, retain_graph=retain_graph)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; with several data-parallel ranks, the gradients of its parameters
+        are averaged over the ranks first."""
+        if self.ranks is not None and self.ranks.distributed:
+            from genbench.training.distributed import average_gradients
+
+            average_gradients([p for g in optimizer.param_groups for p in g["params"]], self.ranks)
         if self.amp:
             self.scaler.step(optimizer)
         else:
@@ -219,6 +227,8 @@ class GenerativeModel(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     loss_names: ClassVar[tuple[str, ...]] = ()
+    # False for models fitted in closed form from streamed sums (ppca): no data-parallel training.
+    trains_by_gradient: ClassVar[bool] = True
     name: ClassVar[str] = ""
 
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):

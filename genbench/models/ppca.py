@@ -47,6 +47,7 @@ class PPCA(GenerativeModel):
     protocol works on unclamped continuous ``x``.
     """
 
+    trains_by_gradient = False
     config_class = PPCAConfig
     loss_names = ("images_seen",)
 

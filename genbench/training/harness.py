@@ -26,13 +26,24 @@ from typing import Any
 import torch
 from torchvision.utils import save_image
 
-from genbench.core.errors import GenbenchError
+from genbench.core.errors import GenbenchError, UsageError
 from genbench.core.io import atomic_write, write_bytes
 from genbench.core.locking import run_lock
 from genbench.data import load_images, to_model_range
 from genbench.models.base import GenerativeModel, StepContext
 from genbench.models.registry import get_model_class
 from genbench.training.checkpoint import CheckpointStore
+from genbench.training.distributed import (
+    average_losses,
+    barrier,
+    check_batch_size,
+    gather_objects,
+    init_process_group,
+    rank_seed,
+    ranks_from_environment,
+    shard,
+    sync_batch_norm,
+)
 from genbench.training.environment import (
     provenance,
     resolve_device,
@@ -44,6 +55,7 @@ from genbench.training.rundir import STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNN
 from genbench.training.spec import RunSpec
 
 CHECKPOINT_VERSION = 1
+STOP_KEY = "_stop"  # in the losses all-reduced across ranks: a rank received SIGINT/SIGTERM
 
 
 @dataclass
@@ -216,7 +228,8 @@ def _check_disk_space(run_dir: RunDir, model: torch.nn.Module) -> None:
 
 def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, allow_download, amp,
                 stop_after) -> FitResult:
-    if fresh and run_dir.path.exists():
+    ranks = ranks_from_environment()
+    if fresh and run_dir.path.exists() and ranks.is_main:
         shutil.rmtree(run_dir.path)
     store = CheckpointStore(run_dir.checkpoint_path, spec.run_id)
     if run_dir.is_complete():
@@ -228,18 +241,32 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
               "corrupt; redoing its last steps from the previous checkpoint", file=sys.stderr)
 
     torch_device = resolve_device(device)
-    seed_everything(spec.seed, torch_device)
+    if ranks.distributed:
+        if torch_device.type == "cuda":
+            torch_device = torch.device("cuda", ranks.local_rank)
+        init_process_group(ranks, torch_device)
+        check_batch_size(spec.train.batch_size, ranks)
+        barrier(ranks)  # rank 0 has removed the folder of a --fresh run
+    seed_everything(spec.seed, torch_device)  # the same initial weights on every rank
     data = load_images(spec.data.dataset, "train", spec.data.image_size, spec.data.limit,
                        data_dir=data_dir, allow_download=allow_download)
     image_shape = tuple(data.images.shape[1:])
-    model = build_model(spec, image_shape).to(torch_device)
+    model = build_model(spec, image_shape)
+    per_rank_batch_norm = sync_batch_norm(model, torch_device, ranks)
+    model = model.to(torch_device)
     model.build_optimizers()
-    run_dir.path.parent.mkdir(parents=True, exist_ok=True)
-    _check_disk_space(run_dir, model)
+    if ranks.distributed and not type(model).trains_by_gradient:
+        raise UsageError(f"{spec.model} is fitted in closed form, not by gradient steps: train it "
+                         "in one process (without --nproc)")
+    if ranks.is_main:
+        run_dir.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_disk_space(run_dir, model)
     use_amp = amp and torch_device.type == "cuda"
     scaler = torch.amp.GradScaler(torch_device.type, enabled=use_amp)
-    ctx = StepContext(torch_device, scaler if use_amp else None)
+    ctx = StepContext(torch_device, scaler if use_amp else None, ranks)
     stream = BatchStream(data.images.to(torch_device), spec.train.batch_size, spec.seed)
+    if ranks.distributed and ranks.rank > 0:  # rank 0 keeps the single-process random stream
+        seed_everything(rank_seed(spec.seed, ranks.rank), torch_device)
 
     start_step, train_time, rows = 0, 0.0, []
     interval = _Interval()
@@ -249,7 +276,11 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
         model.load_state_dict(state["model"])
         model.load_optimizer_state(state["optimizers"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks") or [state["rng"]]
+        if len(per_rank) == ranks.world_size:
+            set_rng_state(per_rank[ranks.rank])
+        else:  # another number of processes: correct, but not bit-identical, continuation
+            seed_everything(rank_seed(spec.seed * 7 + state["step"], ranks.rank), torch_device)
         start_step, train_time = state["step"], state["train_time_s"]
         rows = [r for r in run_dir.read_losses() if int(r["step"]) <= start_step]
         interval.sums, interval.counts = state["interval"]
@@ -259,23 +290,31 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
     info = spec.to_dict() | provenance(torch_device) | {
         "run_id": spec.run_id,
         "status": STATUS_RUNNING,
-        "processes": 1,  # training processes (data parallel ranks)
+        "processes": ranks.world_size,  # training processes (data-parallel ranks)
         "parameters": count_parameters(model),
         "image_shape": list(image_shape),
         "data_origin": data.origin,
         "data_checksums": data.checksums,
         "mixed_precision": use_amp,
     }
+    if per_rank_batch_norm:
+        info["batch_norm"] = (f"per-rank statistics over {spec.train.batch_size // ranks.world_size} "
+                              "images (SyncBatchNorm needs CUDA)")
     if status == "resumed" and earlier.get("torch_threads") not in (None, info["torch_threads"]):
         print(f"genbench: warning: resuming {spec.model} seed {spec.seed} with "
               f"{info['torch_threads']} torch threads, not the {earlier['torch_threads']} it started "
               "with: the result will be correct but not bit-identical to an uninterrupted run",
               file=sys.stderr)
-    run_dir.write_config(info)
-    writer = _tensorboard_writer(run_dir) if tensorboard else None
+    main = ranks.is_main  # only rank 0 writes files and shows progress
+    if main:
+        run_dir.write_config(info)
+    writer = _tensorboard_writer(run_dir) if tensorboard and main else None
     columns = ["step", "images", "time_s", *model.loss_names]
 
     def checkpoint(step: int) -> None:
+        per_rank_rng = gather_objects(rng_state(), ranks)  # every rank takes part
+        if not main:
+            return
         run_dir.write_losses(columns, rows)
         store.save({
             "version": CHECKPOINT_VERSION,
@@ -284,7 +323,8 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
             "model": model.state_dict(),
             "optimizers": model.optimizer_state(),
             "scaler": scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": per_rank_rng[0],
+            "rng_ranks": per_rank_rng,
             "interval": (interval.sums, interval.counts),
         })
 
@@ -294,14 +334,14 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
 
     total = spec.train.steps
     end = total if stop_after is None else min(total, start_step + stop_after)
-    bar = _progress_bar(spec, start_step, total, progress)
+    bar = _progress_bar(spec, start_step, total, progress and main)
     last_checkpoint, losses = start_step, {}
     model.train()
     tick = time.perf_counter()
     try:
         with _deferred_signals() as received:
             for step in range(start_step, end):
-                batch = stream.batch(step)
+                batch = shard(stream.batch(step), ranks)
                 try:
                     losses = model.train_step(batch, step, ctx)
                 except (RuntimeError, ValueError) as error:
@@ -311,6 +351,10 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
                     raise diverged from None
                 if use_amp:
                     scaler.update()
+                if ranks.distributed:  # the global batch's losses, and a signal seen by any rank
+                    losses = average_losses(losses | {STOP_KEY: float(bool(received))}, ranks)
+                    if losses.pop(STOP_KEY) > 0 and not received:
+                        received.append(signal.SIGTERM)
                 _check_finite(losses, step, last_checkpoint, run_dir)
                 interval.add(losses)
                 done = step + 1
@@ -330,7 +374,7 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
                         bar.set_postfix(_postfix(row, spec.train.batch_size, bar), refresh=False)
                 if bar is not None:
                     bar.update(1)
-                if done % spec.train.sample_every == 0 or done == total:
+                if main and (done % spec.train.sample_every == 0 or done == total):
                     grid(run_dir.samples_dir / f"step_{done:07d}.png")
                 if received or done % spec.train.checkpoint_every == 0 or done in (total, end):
                     train_time += time.perf_counter() - tick
@@ -343,7 +387,7 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
                                          f"{run_dir.path}; re-run the same command to resume",
                                          received[0])
     except GenbenchError as error:
-        if not isinstance(error, RunInterrupted):
+        if not isinstance(error, RunInterrupted) and main:
             info["status"] = STATUS_FAILED
             run_dir.write_config(info)
         raise
@@ -355,6 +399,9 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
 
     if end < total:  # stopped early on purpose: resumable, not complete
         return FitResult(run_dir, status, end, train_time, losses, info["parameters"])
+    if not main:
+        barrier(ranks)  # rank 0 is writing the final files
+        return FitResult(run_dir, status, total, train_time, {}, info["parameters"])
     write_bytes(run_dir.samples_path, (run_dir.samples_dir / f"step_{total:07d}.png").read_bytes())
     final = {k: v for k, v in (rows[-1] if rows else {}).items()
              if k not in ("step", "images", "time_s") and v not in ("", None)}
@@ -366,6 +413,7 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
         "final_losses": final,
     }
     run_dir.write_config(info)
+    barrier(ranks)
     return FitResult(run_dir, status, total, train_time, final, info["parameters"])
 
 

@@ -1,0 +1,163 @@
+"""Training harness overhead and end-to-end runs.
+
+- Images/s of a GAN and a VAE trained through the harness (``fit``: batch stream, loss logging,
+  checkpoints, sample grids, NaN checks) against the same networks and optimizers driven by a
+  minimal hand-written loop (the whole training set as one float tensor, a random batch per step,
+  losses read every ``log_every`` steps). Both at batch 64 on the same threads, best of
+  ``repeats``, alternating so that drift in the machine's speed hits both.
+- Wall time and peak resident memory of whole ``genbench run`` commands, each in its own process.
+
+    python benchmarks/bench_harness.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+
+from genbench.data import load_images, to_model_range
+from genbench.training import DataConfig, RunSpec, fit
+from genbench.training.budgets import train_config_for
+from genbench.training.harness import build_model
+
+TARGET_RATIO = 0.95
+
+
+def _spec(model: str, steps: int) -> RunSpec:
+    """The model's default (``standard``) networks; checkpoints and grids at the standard
+    intervals scaled into ``steps``, so the harness pays for one of each."""
+    from genbench.models import get_model_class
+
+    train = train_config_for("standard")
+    train = train.with_overrides({"steps": steps, "checkpoint_every": steps - steps % train.log_every,
+                                  "sample_every": steps})
+    config = get_model_class(model).config_class()
+    return RunSpec(model, config.to_dict(), DataConfig("mnist"), train, "standard", seed=0)
+
+
+def _harness_images_per_s(spec: RunSpec) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        result = fit(spec, out, device="cpu", progress=False, allow_download=False)
+    return spec.train.steps * spec.train.batch_size / result.train_time_s
+
+
+def _gan_step(model, batch):
+    g, d = model.generator, model.discriminator
+    opt_g, opt_d = model.optimizers["generator"], model.optimizers["discriminator"]
+    fake = g(torch.randn(batch.shape[0], model.config.latent_dim))
+    real_logits, fake_logits = d(batch), d(fake.detach())
+    d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    gen_logits = d(fake)
+    g_loss = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward(inputs=list(g.parameters()))
+    opt_g.step()
+    return d_loss, g_loss
+
+
+def _vae_step(model, batch):
+    target = model.observed(batch)
+    posterior = model._posterior(model._encoder_input(target))
+    logits = model.decoder(posterior.rsample())
+    reconstruction = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch.shape[0]
+    kl = D.kl_divergence(posterior, model.prior()).mean()
+    loss = reconstruction + kl
+    optimizer = model.optimizers["adam"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return (loss,)
+
+
+def _hand_loop_images_per_s(spec: RunSpec) -> float:
+    """The same networks, optimizers and losses in the plainest loop a user would write."""
+    torch.manual_seed(spec.seed)
+    images = to_model_range(load_images("mnist", "train", allow_download=False).images)
+    model = build_model(spec, tuple(images.shape[1:]))
+    model.build_optimizers()
+    model.train()
+    step_fn = {"gan": _gan_step, "vae": _vae_step}[spec.model]
+    batch_size, log_every = spec.train.batch_size, spec.train.log_every
+    started = time.perf_counter()
+    for step in range(spec.train.steps):
+        batch = images[torch.randint(len(images), (batch_size,))]
+        losses = step_fn(model, batch)
+        if (step + 1) % log_every == 0:
+            [loss.item() for loss in losses]
+    return spec.train.steps * batch_size / (time.perf_counter() - started)
+
+
+def harness_rows(quick: bool = False, repeats: int = 2) -> list[dict]:
+    steps = 30 if quick else 300
+    rows = []
+    for model in ("gan", "vae"):
+        spec = _spec(model, steps)
+        harness, hand = [], []
+        for _ in range(1 if quick else repeats):
+            hand.append(_hand_loop_images_per_s(spec))
+            harness.append(_harness_images_per_s(spec))
+        ratio = max(harness) / max(hand)
+        rows.append({
+            "item": f"harness {model} training (batch 64, {steps} steps)",
+            "genbench": max(harness), "comparison": max(hand), "ratio": ratio, "unit": "images/s",
+            "target": f">= {TARGET_RATIO}", "met": ratio >= TARGET_RATIO,
+            "note": f"vs a minimal hand-written loop, same networks; {torch.get_num_threads()} "
+                    f"threads; best of {len(harness)}; ratio = harness / hand loop",
+        })
+    return rows
+
+
+def _measure_command(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one command in its own process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace")
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def end_to_end_rows(quick: bool = False, standard: bool = True) -> list[dict]:
+    genbench = [sys.executable, "-m", "genbench.cli", "run", "--dataset", "mnist", "--no-progress",
+                "--no-report", "--fresh"]
+    commands = [("genbench run --models gvae,vae --budget smoke",
+                 ["--models", "gvae,vae", "--budget", "smoke"])]
+    if standard and not quick:
+        commands.append(("genbench run --models vae --budget standard",
+                         ["--models", "vae", "--budget", "standard"]))
+    if quick:  # a tiny stand-in that exercises the same path
+        commands = [("genbench run --models vae (4 steps, quick)",
+                     ["--models", "vae", "--set", "steps=4", "--set", "checkpoint_every=2",
+                      "--set", "log_every=2", "--metrics", "mmd", "--limit", "64"])]
+    rows = []
+    for label, extra in commands:
+        with tempfile.TemporaryDirectory() as out:
+            wall, rss = _measure_command([*genbench, *extra, "--out", out])
+        rows.append({"item": f"end to end: {label}", "genbench": wall, "comparison": None,
+                     "ratio": None, "unit": "s wall", "target": "", "met": None,
+                     "note": f"train + evaluate, one process; peak resident memory {rss:.0f} MiB"})
+    return rows
+
+
+def rows(quick: bool = False) -> list[dict]:
+    return harness_rows(quick) + end_to_end_rows(quick)
+
+
+if __name__ == "__main__":
+    from benchmarks.bench import print_rows
+
+    print_rows(rows("--quick" in sys.argv))
