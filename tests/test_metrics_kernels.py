@@ -71,6 +71,15 @@ def test_mmd_flattens_examples_and_accepts_any_finite_tensor():
     assert mmd(xi, yi, bandwidth=20.0).value == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
+def test_float32_mmd_keeps_its_precision_far_from_the_origin():
+    # Features with a large common offset (like non-negative network features): |z|^2 ~ 5e5 while
+    # distances^2 ~ 100, so |a|^2 + |b|^2 - 2 a.b in float32 would lose ~3 digits (8e-4 relative here
+    # before the pooled sample was centred); centring keeps float32 within ~2e-6 of float64.
+    x, y = _sample(300, 50, seed=8) + 100, _sample(300, 50, seed=9) * 1.1 + 100
+    exact = mmd(x, y, bandwidth=10.0).value
+    assert mmd(x.float(), y.float(), bandwidth=10.0).value == pytest.approx(exact, rel=1e-4)
+
+
 def test_median_pairwise_distance_matches_scipy_and_subsets_deterministically():
     x, y = _sample(150, 5, seed=2), _sample(150, 5, seed=3, shift=0.5)
     pooled = np.concatenate([x.numpy(), y.numpy()])

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from genbench.core.errors import UsageError
+from genbench.metrics import ssim as ssim_module
 from genbench.metrics.ssim import STANDARD_WEIGHTS, ms_ssim, ms_ssim_diversity, ms_ssim_setting
 
 
@@ -48,6 +49,20 @@ def test_ms_ssim_equals_pytorch_msssim_for_odd_non_square_sizes():
     y = _noisy(x, 0.1, seed=5)
     reference = pytorch_msssim.ms_ssim((x + 1) / 2, (y + 1) / 2, data_range=1, size_average=False)
     torch.testing.assert_close(ms_ssim(x, y), reference, atol=1e-5, rtol=0)  # as above
+
+
+def test_banded_matrix_filter_equals_the_convolution_used_for_large_images(monkeypatch):
+    # Images up to _MATMUL_MAX_SIDE px are filtered by banded-matrix products, larger ones by conv2d;
+    # forcing the convolution on small images checks that the two compute the same MS-SSIM.
+    x = torch.cat([_smooth_images(2, 3, 28, seed=15), _smooth_images(2, 3, 28, seed=16, detail=14)])
+    y = _noisy(x, 0.2, seed=17)
+    pairs = [(x, y), (x[:, :, :27, :25], y[:, :, :27, :25])]  # and odd, non-square sides
+    products = [ms_ssim(a, b) for a, b in pairs]
+    monkeypatch.setattr(ssim_module, "_MATMUL_MAX_SIDE", 0)
+    for (a, b), expected in zip(pairs, products):
+        # Same float32 sums in another order: ~1e-7 per filtered value, through 3 scales of products.
+        torch.testing.assert_close(ms_ssim(a, b), expected, atol=1e-6, rtol=0)
+        assert len(set(expected.tolist())) == 4  # four different pairs, not a degenerate constant
 
 
 def test_small_image_setting_matches_a_loop_over_pytorch_msssim_ssim_terms():

@@ -5,6 +5,12 @@ held whole: the pooled sample is walked in ``block_size x block_size`` blocks (u
 the kernel is symmetric), each block is reduced against weight vectors and the sums are accumulated
 in float64. The same weight-vector reduction gives the observed statistic, every permutation of the
 permutation test and every bootstrap resample in one pass over the kernel.
+
+Speed: a block is one matrix product of precomputed factor rows (the squared norms and the
+bandwidth are folded into them, see ``_factors``) in the inputs' dtype, then a clamp and an ``exp``
+(Gaussian) or a cube (polynomial) in place in a reused buffer; only the reduction is float64. On 2
+CPU cores, MMD^2 of 10k x 10k samples of 784 dims takes about 2 s in float32 and ~200 MB
+(``benchmarks/bench_kernels.py``).
 """
 
 from __future__ import annotations
@@ -73,9 +79,12 @@ def median_pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, max
     z = z.double()
     n = z.shape[0]
     rows, cols = torch.triu_indices(n, n, offset=1, device=z.device)
-    distances = torch.cdist(z, z)[rows, cols].sort().values  # [n (n - 1) / 2]
+    distances = torch.cdist(z, z)[rows, cols]  # [n (n - 1) / 2]
     m = distances.numel()
-    return float((distances[(m - 1) // 2] + distances[m // 2]) / 2)
+    # The two middle order statistics (1-based ranks): a selection, 3x faster than a full sort.
+    lower = distances.kthvalue((m - 1) // 2 + 1).values
+    upper = lower if m % 2 else distances.kthvalue(m // 2 + 1).values
+    return float((lower + upper) / 2)
 
 
 def _bandwidths(bandwidth) -> list[float]:
@@ -90,46 +99,104 @@ def _bandwidths(bandwidth) -> list[float]:
     return values
 
 
-def _kernel_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor,
-                  kernel: str, bandwidths: list[float]) -> torch.Tensor:
-    """``k(a_i, b_j)`` for ``a [p, D]``, ``b [q, D]`` -> ``[p, q]`` in the inputs' dtype."""
-    dot = a @ b.T  # [p, q]
+def _factors(x: torch.Tensor, y: torch.Tensor, kernel: str,
+             bandwidths: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left and right factors ``[n, D']`` of the pooled sample ``z = [x; y]`` (``n = N + M`` rows):
+    the product of a left and a right row is the kernel's argument, so a kernel block is one matrix
+    product and one elementwise pass. ``z`` itself is never built.
+
+    Gaussian (``D' = D + 2``): ``z`` is centred (distances do not change, and float32 keeps more of
+    them for small ``|z|``) and scaled by ``s = 1 / bandwidth`` (``s = 1`` for a list of bandwidths);
+    with ``q = |s z|^2`` (float64, then rounded), ``[s z, -q/2, 1] . [s z', 1, -q'/2] = -s^2 ||z -
+    z'||^2 / 2``, the exponent. Polynomial (``D' = D + 1``): ``[z, 1] . [z' / D, 1] = z.z' / D + 1``,
+    the base of the cube.
+    """
+    (n_x, d), n = x.shape, x.shape[0] + y.shape[0]
     if kernel == "polynomial":
-        return dot.div_(a.shape[1]).add_(1).pow_(3)
-    # ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b, in place to keep one [p, q] buffer; clamp the tiny
-    # negatives that rounding makes for a ~ b.
-    sq_dist = dot.mul_(-2).add_(a_sq[:, None]).add_(b_sq[None, :]).clamp_min_(0)
+        left, right = x.new_ones(n, d + 1), x.new_ones(n, d + 1)
+        for rows, part in ((slice(0, n_x), x), (slice(n_x, n), y)):
+            left[rows, :d] = part
+            torch.div(part, d, out=right[rows, :d])
+        return left, right
+    left, right = x.new_empty(n, d + 2), x.new_empty(n, d + 2)
+    scale = 1 / bandwidths[0] if len(bandwidths) == 1 else 1.0
+    mean = ((x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / n).to(x.dtype)  # [D]
+    torch.sub(x, mean, out=left[:n_x, :d])
+    torch.sub(y, mean, out=left[n_x:, :d])
+    left[:, :d] *= scale
+    half_sq = torch.linalg.vector_norm(left[:, :d], dim=1, dtype=torch.float64).square_().mul_(-0.5)
+    right[:, :d] = left[:, :d]
+    left[:, d], left[:, d + 1] = half_sq, 1
+    right[:, d], right[:, d + 1] = 1, half_sq
+    return left, right
+
+
+def _kernel_block(a: torch.Tensor, b: torch.Tensor, kernel: str, bandwidths: list[float],
+                  out: torch.Tensor) -> torch.Tensor:
+    """``k(a_i, b_j)`` for factor rows ``a [p, D']``, ``b [q, D']`` (:func:`_factors`) -> ``[p, q]``.
+
+    ``out`` is a buffer of at least ``p * q`` elements of the factors' dtype, reused across blocks so
+    that no block pays for fresh pages.
+    """
+    block = torch.mm(a, b.T, out=out[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0]))  # [p, q]
+    if kernel == "polynomial":
+        return block.pow_(3)
+    # The exponent is -||a - b||^2 / (2 bandwidth^2) <= 0; rounding makes it slightly positive for
+    # a ~ b, which the clamp removes (k <= 1).
+    block.clamp_max_(0)
     if len(bandwidths) == 1:
-        return sq_dist.mul_(-0.5 / bandwidths[0] ** 2).exp_()
-    return sum(torch.exp(sq_dist * (-0.5 / bw**2)) for bw in bandwidths)
+        return block.exp_()  # the bandwidth is folded into the factors
+    exponent = block.clone()  # -||a - b||^2 / 2
+    torch.exp(exponent * (1 / bandwidths[0] ** 2), out=block)
+    for bw in bandwidths[1:]:
+        block += torch.exp(exponent * (1 / bw**2))
+    return block
 
 
-def _weighted_sums(z: torch.Tensor, w: torch.Tensor, kernel: str, bandwidths: list[float],
-                   block_size: int) -> tuple[torch.Tensor, ...]:
-    """Weighted kernel sums over the pooled sample ``z [n, D]``, one per column of the weights.
+@torch.inference_mode()
+def _weighted_sums(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, kernel: str, bandwidths: list[float],
+                   block_size: int, split: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Weighted kernel sums over the pooled sample ``z = [x; y]`` (``[n, D]``), one per column of ``w``.
 
     ``w = [wx | wy]`` is ``[n, 2R]``: non-negative integer weights, ``wx`` and ``wy`` with disjoint
-    supports (0/1 for a split of the pool, counts for a bootstrap resample), in float32, which holds
-    small integers exactly; each block's slice is cast to float64 when used. Returns three float64
+    supports (0/1 for a split of the pool, counts for a bootstrap resample). Returns three float64
     ``[R]`` tensors: ``sum_{i != j} wx_i wx_j k_ij``, the same for ``wy``, and ``sum_{i, j} wx_i wy_j
     k_ij``. Pairs ``i == j`` (a point with itself, or two copies of one resampled point) are left out.
+    ``split = N`` says that ``w`` is the observed split alone (``R = 1``, ``wx`` is 1 on the first ``N``
+    rows, ``wy`` on the rest), which lets each block be reduced by row sums instead of a product.
+
+    Precision: kernel blocks are computed in the inputs' dtype (float32 unless the inputs are float64),
+    then copied to float64 and reduced there. MMD^2's three terms cancel ~1000-fold for close
+    samples, so sums must be float64: float32 row sums (by a product with the weights, or pairwise)
+    moved MMD^2 by 4e-6 to 2e-5 relative on 2 x 6000 points, against 6e-8 for float64 ones.
     """
     n, num_cols = w.shape[0], w.shape[1] // 2
-    sq_norms = (z * z).sum(1)
-    s_xx = torch.zeros(num_cols, dtype=torch.float64, device=z.device)
+    left, right = _factors(x, y, kernel, bandwidths)
+    side = min(block_size, n)
+    buffer = x.new_empty(side * side)  # one kernel block, reused
+    if x.dtype != torch.float64:
+        buffer64 = torch.empty(side * side, dtype=torch.float64, device=x.device)  # the block, in float64
+    w64 = w.double()
+    s_xx = torch.zeros(num_cols, dtype=torch.float64, device=x.device)
     s_yy, s_xy = torch.zeros_like(s_xx), torch.zeros_like(s_xx)
     for i0 in range(0, n, block_size):
         i1 = min(i0 + block_size, n)
-        w_i = w[i0:i1].double()
+        w_i = w64[i0:i1]
         wx_i, wy_i = w_i[:, :num_cols], w_i[:, num_cols:]
         # Upper triangle only: the kernel is symmetric, so block (j, i) is the transpose of (i, j).
         for j0 in range(i0, n, block_size):
             j1 = min(j0 + block_size, n)
-            block = _kernel_block(z[i0:i1], z[j0:j1], sq_norms[i0:i1], sq_norms[j0:j1], kernel,
-                                  bandwidths).double()  # [bi, bj]
+            block = _kernel_block(left[i0:i1], right[j0:j1], kernel, bandwidths, buffer)  # [bi, bj]
             if i0 == j0:
                 block.fill_diagonal_(0)  # the U-statistic leaves out k(x_i, x_i)
-            reduced = block @ w[j0:j1].double()  # [bi, 2R]
+            if block.dtype != torch.float64:
+                block = buffer64[: block.numel()].view(block.shape).copy_(block)  # float64 from here
+            if split is None:
+                reduced = block @ w64[j0:j1]  # [bi, 2R]
+            else:
+                # Columns j0..j1 are x up to the split, y after it: this is block @ w[j0:j1].
+                m = min(max(split - j0, 0), j1 - j0)
+                reduced = torch.stack([block[:, :m].sum(1), block[:, m:].sum(1)], 1)  # [bi, 2]
             xx = (wx_i * reduced[:, :num_cols]).sum(0)
             yy = (wy_i * reduced[:, num_cols:]).sum(0)
             if i0 == j0:
@@ -145,7 +212,7 @@ def _weighted_sums(z: torch.Tensor, w: torch.Tensor, kernel: str, bandwidths: li
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, kernel: Kernel = "gaussian",
-        bandwidth: float | Sequence[float] | None = None, block_size: int = 2048, permutations: int = 0,
+        bandwidth: float | Sequence[float] | None = None, block_size: int = 1024, permutations: int = 0,
         bootstrap: int = 0, seed: int = 0) -> ScalarResult:
     """Unbiased squared maximum mean discrepancy MMD^2_u (Gretton et al. 2012, Eq. 3).
 
@@ -160,8 +227,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernel: Kernel = "gaussian",
         bandwidth: in the units of the inputs; ``None`` uses :func:`median_pairwise_distance` of the
             pooled sample (subset of 2000 points, seeded by ``seed``). Pass a fixed value to compare
             several models against the same data.
-        block_size: side of the kernel blocks; memory is ``O(block_size^2 + (N+M) * R)`` with
-            ``R = 1 + permutations + bootstrap``, never ``O((N+M)^2)``.
+        block_size: side of the kernel blocks; memory is ``O(block_size^2 + (N+M) * (D + R))`` with
+            ``R = 1 + permutations + bootstrap``, never ``O((N+M)^2)``. Results do not depend on it
+            beyond float rounding. 1024 ran ~7% faster than 2048 on 2 CPU cores: diagonal blocks
+            are computed whole, which wastes 1/21 of the work at 1024 and 1/11 at 2048 for 20k points.
         permutations: if ``K > 0``, a permutation test of ``p = q``: ``settings["p_value"] =
             (1 + #{permuted MMD^2_u >= observed}) / (1 + K)``.
         bootstrap: if ``B > 0``, resample ``x`` and ``y`` with replacement ``B`` times: ``ci_low``,
@@ -215,8 +284,8 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernel: Kernel = "gaussian",
         wx[:n_x, r] = torch.bincount(torch.randint(n_x, (n_x,), generator=generator), minlength=n_x).float()
         wy[n_x:, r] = torch.bincount(torch.randint(n_y, (n_y,), generator=generator), minlength=n_y).float()
 
-    z = torch.cat([x, y])  # [N + M, D]
-    s_xx, s_yy, s_xy = _weighted_sums(z, w.to(z.device), kernel, bandwidths, block_size)
+    s_xx, s_yy, s_xy = _weighted_sums(x, y, w.to(x.device), kernel, bandwidths, block_size,
+                                      split=n_x if num_cols == 1 else None)
     # Normalise by the number of pairs each sum holds: N (N-1), M (M-1), N M for a split of the pool;
     # (sum w)^2 - sum w^2 pairs of distinct examples for a resample.
     wx, wy = w[:, :num_cols].double(), w[:, num_cols:].double()

@@ -16,6 +16,10 @@ Two settings, chosen from the image size by :func:`ms_ssim_setting` and computed
 Each scale halves the image with 2x2 average pooling, zero-padding an odd side as pytorch-msssim
 does. The contrast-structure term of the first K - 1 scales and the full SSIM of the last are
 clamped at 0, raised to their weights and multiplied, then averaged over channels.
+
+The Gaussian filter is applied as two products with banded matrices rather than as a depthwise
+convolution (see ``_blur``): same sums, ~5x faster on CPU for MNIST-sized and 176-px images
+(``benchmarks/bench_kernels.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ STANDARD_MIN_SIDE = 160
 # Pairs per ms_ssim call in ms_ssim_diversity are chosen so that one image batch holds about this
 # many values (16 MiB in float32), keeping the filtered intermediates to a few hundred MiB.
 _BATCH_VALUES = 2**22
+# Sides up to which the Gaussian filter is a product with banded matrices rather than a convolution.
+_MATMUL_MAX_SIDE = 1024
 
 
 def _downsampled(side: int) -> int:
@@ -81,17 +87,36 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     return (window / window.sum()).to(device=device, dtype=dtype)
 
 
+def _band(size: int, window: torch.Tensor) -> torch.Tensor:
+    """``[size - w + 1, size]`` matrix whose product with a ``size`` vector is its valid filtering."""
+    w = window.numel()
+    rows = torch.arange(size - w + 1, device=window.device)[:, None]
+    band = torch.zeros(size - w + 1, size, dtype=window.dtype, device=window.device)
+    return band.scatter_(1, rows + torch.arange(w, device=window.device), window.expand(len(rows), w))
+
+
 def _blur(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter, no padding: ``[B, C, H, W] -> [B, C, H - w + 1, W - w + 1]``."""
-    c, w = t.shape[1], window.numel()
-    t = F.conv2d(t, window.view(1, 1, w, 1).repeat(c, 1, 1, 1), groups=c)  # along H
-    return F.conv2d(t, window.view(1, 1, 1, w).repeat(c, 1, 1, 1), groups=c)  # along W
+    """Separable Gaussian filter, no padding: ``[..., H, W] -> [..., H - w + 1, W - w + 1]``.
+
+    Up to ``_MATMUL_MAX_SIDE`` pixels per side it is two products with banded matrices (``band_H @ t
+    @ band_W^T``): more multiplications than a convolution (by ``side / w``), but one large batched
+    matrix product runs 4-10x faster on CPU than a depthwise ``conv2d`` over single-channel images
+    (measured at 28 to 1024 px). Larger images use the convolution.
+    """
+    h, w = t.shape[-2:]
+    if max(h, w) <= _MATMUL_MAX_SIDE:
+        return _band(h, window) @ t @ _band(w, window).T
+    size = window.numel()
+    flat = t.reshape(-1, 1, h, w)  # every image and channel on its own
+    flat = F.conv2d(flat, window.view(1, 1, size, 1))  # along H
+    flat = F.conv2d(flat, window.view(1, 1, 1, size))  # along W
+    return flat.view(*t.shape[:-2], *flat.shape[-2:])
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term per image and channel, both ``[N, C]``."""
     c1, c2 = K1**2, K2**2  # (K * data_range)^2 with data_range = 1
-    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    mu_x, mu_y = _blur(x, window), _blur(y, window)  # [N, C, H', W']
     mu_xx, mu_yy, mu_xy = mu_x.pow(2), mu_y.pow(2), mu_x * mu_y
     var_x = _blur(x * x, window) - mu_xx
     var_y = _blur(y * y, window) - mu_yy
@@ -148,10 +173,11 @@ def _mean_over_pairs(images: torch.Tensor, index: torch.Tensor, num_pairs: int,
     first, second = index[first], index[second]
     batch = max(1, _BATCH_VALUES // images[0].numel())
     values = []
-    for start in range(0, num_pairs, batch):
-        a = images[first[start : start + batch].to(images.device)]
-        b = images[second[start : start + batch].to(images.device)]
-        values.append(_ms_ssim(a, b, setting).double().cpu())
+    with torch.inference_mode():  # a number, never a loss: no autograd bookkeeping
+        for start in range(0, num_pairs, batch):
+            a = images[first[start : start + batch].to(images.device)]
+            b = images[second[start : start + batch].to(images.device)]
+            values.append(_ms_ssim(a, b, setting).double().cpu())
     return torch.cat(values)
 
 

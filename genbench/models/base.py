@@ -229,6 +229,10 @@ class GenerativeModel(nn.Module):
     loss_names: ClassVar[tuple[str, ...]] = ()
     # False for models fitted in closed form from streamed sums (ppca): no data-parallel training.
     trains_by_gradient: ClassVar[bool] = True
+    # Class-conditional models: the harness calls ``train_step(batch, step, ctx, labels=[B])``
+    # with int64 labels, and ``sample(n, generator)`` must draw labels itself (uniformly), so every
+    # sample-based metric works unchanged; ``num_classes`` comes from the dataset.
+    conditional: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
     def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]):

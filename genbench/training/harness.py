@@ -76,10 +76,13 @@ def build_model(spec: RunSpec, image_shape: tuple[int, int, int]) -> GenerativeM
 
 class BatchStream:
     """Batches as a pure function of the step: the training images concatenated epoch after
-    epoch, each epoch in its own seeded order. ``batch(step)`` is ``[B, C, H, W]`` in ``[-1, 1]``."""
+    epoch, each epoch in its own seeded order. ``batch(step)`` is ``[B, C, H, W]`` in ``[-1, 1]``;
+    ``labels(step)`` the class labels ``[B]`` (int64) of the same images."""
 
-    def __init__(self, images_uint8: torch.Tensor, batch_size: int, seed: int):
+    def __init__(self, images_uint8: torch.Tensor, batch_size: int, seed: int,
+                 labels: torch.Tensor | None = None):
         self.images = images_uint8
+        self.all_labels = labels
         self.batch_size = batch_size
         self.seed = seed
         self._orders: dict[int, torch.Tensor] = {}
@@ -91,6 +94,12 @@ class BatchStream:
         return self._orders[epoch]
 
     def batch(self, step: int) -> torch.Tensor:
+        return to_model_range(self.images[self._indices(step)])
+
+    def labels(self, step: int) -> torch.Tensor:
+        return self.all_labels[self._indices(step)].long()
+
+    def _indices(self, step: int) -> torch.Tensor:
         n = len(self.images)
         start = step * self.batch_size
         pieces, remaining = [], self.batch_size
@@ -99,8 +108,7 @@ class BatchStream:
             take = min(remaining, n - offset)
             pieces.append(self._order(epoch)[offset : offset + take])
             start, remaining = start + take, remaining - take
-        indices = torch.cat(pieces).to(self.images.device)
-        return to_model_range(self.images[indices])
+        return torch.cat(pieces).to(self.images.device)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -264,7 +272,8 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
     use_amp = amp and torch_device.type == "cuda"
     scaler = torch.amp.GradScaler(torch_device.type, enabled=use_amp)
     ctx = StepContext(torch_device, scaler if use_amp else None, ranks)
-    stream = BatchStream(data.images.to(torch_device), spec.train.batch_size, spec.seed)
+    stream = BatchStream(data.images.to(torch_device), spec.train.batch_size, spec.seed,
+                         data.labels.to(torch_device) if model.conditional else None)
     if ranks.distributed and ranks.rank > 0:  # rank 0 keeps the single-process random stream
         seed_everything(rank_seed(spec.seed, ranks.rank), torch_device)
 
@@ -343,7 +352,10 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
             for step in range(start_step, end):
                 batch = shard(stream.batch(step), ranks)
                 try:
-                    losses = model.train_step(batch, step, ctx)
+                    if model.conditional:  # class-conditional models also get the labels
+                        losses = model.train_step(batch, step, ctx, labels=shard(stream.labels(step), ranks))
+                    else:
+                        losses = model.train_step(batch, step, ctx)
                 except (RuntimeError, ValueError) as error:
                     diverged = _diverged_step(error, model, step, last_checkpoint, run_dir)
                     if diverged is None:
