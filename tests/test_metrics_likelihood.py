@@ -352,6 +352,70 @@ def test_vae_elbo_is_below_importance_sampling(observation):
     np.testing.assert_allclose(kl(model, x).value.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+# --- Bernoulli observation models: genbench's fused log-probability against torch's -----------------
+class OwnBernoulli(D.Bernoulli):
+    """torch's Bernoulli under another class: genbench scores it with its own ``log_prob`` (torch's)."""
+
+
+class LinearBernoulli:
+    """A float64 toy with the likelihood protocol: logits ``scale * z W`` over ``image`` pixels.
+
+    ``scale`` drives the logits to hundreds, where softplus must not overflow or cancel badly."""
+
+    def __init__(self, image, bernoulli=D.Bernoulli, scale=1.0, validate=None):
+        pixels = math.prod(image)
+        weights = torch.Generator().manual_seed(7)
+        self.weight = torch.randn(2, pixels, generator=weights, dtype=torch.float64)
+        self.encoder = torch.randn(pixels, 2, generator=weights, dtype=torch.float64) / pixels
+        self.image, self.bernoulli, self.scale, self.validate = image, bernoulli, scale, validate
+
+    def prior(self):
+        zeros = torch.zeros(2, dtype=torch.float64)
+        return D.Independent(D.Normal(zeros, torch.ones_like(zeros)), 1)
+
+    def approximate_posterior(self, x):
+        mean = x.flatten(1) @ self.encoder
+        return D.Independent(D.Normal(mean, torch.full_like(mean, 0.8)), 1)
+
+    def observation_model(self, z):
+        logits = (self.scale * z @ self.weight).view(-1, *self.image)
+        return D.Independent(self.bernoulli(logits=logits, validate_args=self.validate), 3)
+
+
+@pytest.mark.parametrize("image", [(1, 3, 5), (2, 8, 10)])  # 15 and 160 pixels: groups of 64 and rest
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_bernoulli_fused_log_prob_gives_torchs_estimates(image, scale):
+    x = torch.bernoulli(torch.full((6, *image), 0.3, dtype=torch.float64), generator=seeded(0))
+    fused, reference = LinearBernoulli(image, scale=scale), LinearBernoulli(image, OwnBernoulli, scale)
+    # the same draws go through both paths, so in float64 only rounding (~1e-12 nats) separates them
+    for estimate in (lambda m: log_likelihood(m, x, num_samples=50, batch_size=64, generator=seeded(1)),
+                     lambda m: elbo(m, x, num_samples=7, generator=seeded(1)),
+                     lambda m: log_likelihood(m, x, method="ais", chains=3, steps=6, generator=seeded(1))):
+        torch.testing.assert_close(estimate(fused).value, estimate(reference).value, atol=1e-8, rtol=1e-10)
+    # fractional x is a cross-entropy, which torch scores when validation is off; genbench too
+    soft = torch.rand(6, *image, dtype=torch.float64, generator=seeded(2))
+    fused = LinearBernoulli(image, validate=False)
+    reference = LinearBernoulli(image, OwnBernoulli, validate=False)
+    torch.testing.assert_close(log_likelihood(fused, soft, num_samples=20, generator=seeded(3)).value,
+                               log_likelihood(reference, soft, num_samples=20, generator=seeded(3)).value)
+    with pytest.raises(ValueError, match="support"):  # torch's own error for a validating distribution
+        log_likelihood(LinearBernoulli(image), soft, num_samples=20)
+
+
+def test_bernoulli_fused_log_prob_in_float32_rounds_like_torch():
+    """784 pixels, float32 logits up to +-40: both float32 sums miss float64 by ~1e-4 nats."""
+    logits = torch.randn(64, 1, 28, 28, generator=seeded(0)) * 10
+    x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.2), generator=seeded(1))
+    model = LinearBernoulli((1, 28, 28))
+    model.observation_model = lambda z: D.Independent(D.Bernoulli(logits=logits), 3)
+    exact = D.Independent(D.Bernoulli(logits=logits.double()), 3).log_prob(x.double())
+    torchs = D.Independent(D.Bernoulli(logits=logits), 3).log_prob(x).double()
+    from genbench.metrics.likelihood import _Observation  # the scorer behind every estimator
+
+    fused = _Observation(model).examples(x)(torch.zeros(64, 2)).double()
+    assert (fused - exact).abs().max() <= 2 * (torchs - exact).abs().max() + 1e-4
+
+
 # --- the Gaussian observation model for generators ---------------------------------------------------
 def test_gaussian_observation_log_prob_by_hand():
     cls = get_model_class("gan")
