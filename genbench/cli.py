@@ -344,6 +344,30 @@ def evaluate(run_dirs, samples_file, dataset, samples_range, out, metrics, split
     print_metrics_table(documents)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--size", type=int, default=None,
+              help="Side in pixels (default: the training size); only resolution-free models "
+                   "(cppn) take other sizes.")
+@click.option("--num", type=int, default=16, show_default=True, help="Number of samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent draws.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="PNG file to write (default: RUN_DIR/samples_<size>px.png).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def sample(run_dir, size, num, seed, out_file, device):
+    """Render NUM samples of a trained run as one PNG grid and print its path.
+
+    \b
+    Example:
+      genbench sample results/mnist/cppn/<run> --size 1080 --num 4
+    """
+    from genbench.evaluation.render import render_samples
+
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    click.echo(str(render_samples(run_dir, size, num, seed, out_file, device)))
+
+
 @main.command(name="list")
 @click.argument("what", type=click.Choice(["models", "datasets", "metrics"]))
 def list_(what):

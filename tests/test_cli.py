@@ -24,7 +24,8 @@ def test_list_models_and_datasets():
     models = invoke("list", "models")
     assert models.exit_code == 0
     names = [line.split()[0] for line in models.output.splitlines()]
-    assert names == ["deepsim", "gan", "gvae", "ppca", "vae", "wgan"]
+    assert names == ["acgan", "biggan", "cgan", "cppn", "deepsim", "gan", "gvae", "infogan", "logan",
+                     "ppca", "sagan", "unet-gan", "vae", "wgan"]
     assert all(len(line.split(maxsplit=1)) == 2 for line in models.output.splitlines())
     datasets = invoke("list", "datasets")
     assert {"mnist", "fashion-mnist", "cifar10"} <= {row.split()[0] for row in datasets.output.splitlines()}

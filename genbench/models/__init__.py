@@ -4,7 +4,21 @@ Adding a model: a new file here with ``@register_model("name")`` and one import 
 """
 
 # Importing a model file registers it.
-from genbench.models import deepsim, gan, gvae, ppca, vae, wgan  # noqa: E402,F401
+from genbench.models import (  # noqa: E402,F401
+    acgan,
+    cgan,
+    cppn,
+    deepsim,
+    gan,
+    gvae,
+    infogan,
+    latent_optimisation,
+    ppca,
+    sagan,
+    unet_gan,
+    vae,
+    wgan,
+)
 from genbench.models.base import GenerativeModel, ModelConfig, StepContext
 from genbench.models.registry import MODELS, get_model_class, model_names, register_model
 
