@@ -130,6 +130,9 @@ def test_biggan_samples_depend_on_labels():
         assert not torch.allclose(model.discriminator(a, zeros), model.discriminator(a, ones))
     with pytest.raises(UsageError, match="labels must be in 0..9"):
         model.sample(2, labels=torch.tensor([0, 10]))
+    per_class = model.per_class_samples(2, torch.Generator().manual_seed(3))
+    assert sorted(per_class) == list(range(10)) and per_class[0].shape == (2, 1, 28, 28)
+    torch.testing.assert_close(per_class[0], a[:2])  # same seed, same z, class 0
 
 
 def test_conditional_bn_belongs_to_biggan():

@@ -403,3 +403,11 @@ class BigGAN(HingeGAN):
         the labels."""
         z = self.latents(n, generator)
         return self.generator(z, self.check_labels(labels, n, generator)).float()
+
+    def per_class_samples(self, n_per_class: int,
+                          generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+        """``{class: [n_per_class, C, H, W] in [-1, 1]}`` for every class, drawn with ``generator``
+        (what the per-class metrics of class-conditional models use)."""
+        return {k: self.sample(n_per_class, generator,
+                               torch.full((n_per_class,), k, dtype=torch.long, device=self.device))
+                for k in range(self.config.num_classes)}

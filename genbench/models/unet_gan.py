@@ -19,12 +19,15 @@ from genbench.models.sagan import Generator, sn
 class UNetDiscriminator(nn.Module):
     """``D^U(x)``: image ``[B, C, H, W]`` → (per-image logit ``[B, 1]``, per-pixel logits ``[B, 1, H, W]``).
 
-    Encoder: a 3x3 conv at full resolution, then spectrally normalised 4x4 stride-2 convs (leaky
-    ReLU 0.2) halving the side (rounding down: 28 → 14 → 7) to the 4..7 px bottleneck, which a
-    linear head reads flattened (the per-image decision; DCGAN's head, not BigGAN's sum pooling).
-    Decoder: at each level the coarser map is upsampled (nearest) to the exact size of the encoder
-    map of that level (so odd sides like 7 → 15 work), concatenated with it (the skip connection)
-    and mixed by a 3x3 conv; a 1x1 conv gives one logit per pixel.
+    Encoder: spectrally normalised 4x4 stride-2 convs (leaky ReLU 0.2) halving the side from the
+    image on (rounding down: 28 → 14 → 7) to the 4..7 px bottleneck, which a linear head reads
+    flattened (the per-image decision; DCGAN's head, not BigGAN's sum pooling). Decoder: at each
+    level the coarser map is upsampled (nearest) to the exact size of the encoder map of that level
+    (so odd sides like 7 → 15 work), concatenated with it (the skip connection) and mixed by a 3x3
+    conv; the finest map is upsampled to the image size, mixed by a 3x3 conv, and a 1x1 conv gives
+    one logit per pixel. As in BigGAN's discriminator, the first conv already halves the side:
+    there is no full-resolution skip (with one, a 3x3 conv of the image alone fed the per-pixel
+    head, and the generator collapsed to a texture that fools it within 300 MNIST steps).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], base_width: int):
@@ -32,19 +35,19 @@ class UNetDiscriminator(nn.Module):
         channels, size, _ = image_shape
         _, halvings = plan_resolution(size)
         levels = max(halvings, 1)
-        w = widths(base_width, levels)  # w[i]: channels after i halvings
-        self.stem = sn(nn.Conv2d(channels, w[0], 3, padding=1))
-        self.down = nn.ModuleList([sn(nn.Conv2d(w[i], w[i + 1], 4, stride=2, padding=1))
+        w = widths(base_width, levels - 1)  # w[i]: channels after i + 1 halvings
+        inputs = [channels, *w[:-1]]
+        self.down = nn.ModuleList([sn(nn.Conv2d(inputs[i], w[i], 4, stride=2, padding=1))
                                    for i in range(levels)])
-        self.encoder_head = sn(nn.Linear(w[levels] * (size // 2**levels) ** 2, 1))
+        self.encoder_head = sn(nn.Linear(w[-1] * (size // 2**levels) ** 2, 1))
         self.up = nn.ModuleList([sn(nn.Conv2d(w[i + 1] + w[i], w[i], 3, padding=1))
-                                 for i in reversed(range(levels))])  # coarse → fine
+                                 for i in reversed(range(levels - 1))])  # coarse → fine
+        self.to_pixels = sn(nn.Conv2d(w[0], w[0], 3, padding=1))
         self.decoder_head = sn(nn.Conv2d(w[0], 1, 1))
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(self.stem(x))  # [B, w0, H, W]
-        skips = [h]
+        h, skips = x, []
         for down in self.down:
             h = self.act(down(h))  # side halves
             skips.append(h)
@@ -54,7 +57,8 @@ class UNetDiscriminator(nn.Module):
             skip = skips.pop()
             h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")  # to the skip's exact size
             h = self.act(up(torch.cat([h, skip], dim=1)))
-        return image_logit, self.decoder_head(h)  # [B, 1], [B, 1, H, W]
+        h = F.interpolate(h, size=x.shape[-2:], mode="nearest")  # [B, w0, H, W]
+        return image_logit, self.decoder_head(self.act(self.to_pixels(h)))  # [B, 1], [B, 1, H, W]
 
 
 def cutmix_masks(n: int, height: int, width: int, generator: torch.Generator | None = None,
