@@ -202,6 +202,20 @@ class StepContext:
             optimizer.step()
 
 
+def as_class_labels(labels, n: int, num_classes: int, device) -> torch.Tensor:
+    """Class labels as int64 ``[n]`` on ``device``; a one-line :class:`UsageError` when they do
+    not fit (not one per image, or a class outside ``0..num_classes-1``). Shared by the
+    class-conditional models."""
+    labels = torch.as_tensor(labels).to(device).long().reshape(-1)
+    if labels.numel() != n:
+        raise UsageError(f"labels must have one entry per image: got {labels.numel()} for {n}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UsageError(f"labels must be in 0..{num_classes - 1}, got "
+                         f"{int(labels.min())}..{int(labels.max())}; set num_classes to the "
+                         "dataset's number of classes (--set num_classes=...)")
+    return labels
+
+
 def evaluating(method: Callable) -> Callable:
     """Run a method with the model in eval mode (batch norm, dropout), restoring the mode after."""
 

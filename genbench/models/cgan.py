@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.core.errors import UsageError
-from genbench.models.base import GenerativeModel, ModelConfig, StepContext, evaluating, require
+from genbench.models.base import (
+    GenerativeModel,
+    ModelConfig,
+    StepContext,
+    as_class_labels,
+    evaluating,
+    require,
+)
 from genbench.models.layers import ConvEncoder, ConvGenerator
 from genbench.models.registry import register_model
 
@@ -77,14 +83,7 @@ class ClassConditionalGAN(GenerativeModel):
         when they do not fit (wrong shape, or a class outside ``0..num_classes-1``)."""
         if labels is None:
             return self.random_labels(n).to(device or self.device)
-        labels = torch.as_tensor(labels).to(device or self.device).long().reshape(-1)
-        if labels.numel() != n:
-            raise UsageError(f"labels must have one entry per image: got {labels.numel()} for {n}")
-        if n and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise UsageError(f"labels must be in 0..{self.config.num_classes - 1}, got "
-                             f"{int(labels.min())}..{int(labels.max())}; set num_classes to the "
-                             "dataset's number of classes (--set num_classes=...)")
-        return labels
+        return as_class_labels(labels, n, self.config.num_classes, device or self.device)
 
     @evaluating
     def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

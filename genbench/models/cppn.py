@@ -12,7 +12,7 @@ from torch import distributions as D
 from torch import nn
 
 from genbench.core.errors import UsageError
-from genbench.models.base import ModelConfig, StepContext, evaluating, require
+from genbench.models.base import ModelConfig, StepContext, as_class_labels, evaluating, require
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import ConvEncoder
 from genbench.models.registry import register_model
@@ -259,14 +259,7 @@ class CPPN(LatentGenerator):
     def check_labels(self, labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
         if labels is None:
             return None
-        labels = torch.as_tensor(labels).to(device).long().reshape(-1)
-        if labels.numel() != n:
-            raise UsageError(f"labels must have one entry per image: got {labels.numel()} for {n}")
-        if n and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise UsageError(f"labels must be in 0..{self.config.num_classes - 1}, got "
-                             f"{int(labels.min())}..{int(labels.max())}; set num_classes to the "
-                             "dataset's number of classes (--set num_classes=...)")
-        return labels
+        return as_class_labels(labels, n, self.config.num_classes, device)
 
     def _real_class_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``-log C(y | .)``, or without labels ``-log sum_{k<K} C(k | .)`` ("any real class")."""

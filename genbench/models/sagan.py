@@ -18,8 +18,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genbench.core.errors import UsageError
-from genbench.models.base import GenerativeModel, ModelConfig, StepContext, evaluating, require
+from genbench.models.base import (
+    GenerativeModel,
+    ModelConfig,
+    StepContext,
+    as_class_labels,
+    evaluating,
+    require,
+)
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import plan_resolution, widths
 from genbench.models.registry import register_model
@@ -377,13 +383,7 @@ class BigGAN(HingeGAN):
             if generator is not None:
                 return torch.randint(k, (n,), generator=generator).to(self.device)
             return torch.randint(k, (n,), device=self.device)
-        labels = torch.as_tensor(labels).to(self.device).long().reshape(-1)
-        if labels.numel() != n:
-            raise UsageError(f"labels must have one entry per image: got {labels.numel()} for {n}")
-        if n and (labels.min() < 0 or labels.max() >= k):
-            raise UsageError(f"labels must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}; "
-                             "set num_classes to the dataset's number of classes (--set num_classes=...)")
-        return labels
+        return as_class_labels(labels, n, k, self.device)
 
     def train_step(self, batch, step, ctx: StepContext, labels: torch.Tensor | None = None):
         """One discriminator and one generator step; ``labels`` int64 ``[B]`` (uniform if None)."""
