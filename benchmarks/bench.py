@@ -73,29 +73,36 @@ def main() -> None:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
     rows: list[dict] = []
     started = time.perf_counter()
+
+    def header() -> str:
+        return (f"genbench benchmarks, {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
+                f"{machine()}, {time.perf_counter() - started:.0f} s"
+                + (" (--quick: not speed figures)" if args.quick else ""))
+
     for section in sections:
         print(f"--- {section}", file=sys.stderr, flush=True)
         if section == "harness":
             from benchmarks import bench_harness
 
-            rows += bench_harness.harness_rows(args.quick)
-            rows += bench_harness.end_to_end_rows(args.quick, standard=not args.no_standard)
+            section_rows = bench_harness.harness_rows(args.quick)
+            section_rows += bench_harness.end_to_end_rows(args.quick, standard=not args.no_standard)
         elif section == "likelihood":
             from benchmarks import bench_likelihood
 
-            rows += bench_likelihood.rows(args.quick)
+            section_rows = bench_likelihood.rows(args.quick)
         else:
             from benchmarks import bench_kernels
 
-            rows += bench_kernels.rows(args.quick)
-    header = (f"genbench benchmarks, {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
-              f"{machine()}, {time.perf_counter() - started:.0f} s"
-              + (" (--quick: not speed figures)" if args.quick else ""))
-    print(header)
+            section_rows = bench_kernels.rows(args.quick)
+        rows += section_rows
+        # Each section's rows are shown and saved as soon as they exist: the whole run takes a
+        # while, and an interrupted run keeps what it measured.
+        print_rows(section_rows)
+        write_csv(rows, Path(args.csv), header() + " (partial)")
+    print(header())
     print_rows(rows)
-    write_csv(rows, Path(args.csv), header)
+    write_csv(rows, Path(args.csv), header())
     print(f"wrote {args.csv}")
-
 
 if __name__ == "__main__":
     main()

@@ -182,3 +182,8 @@ def test_run_trains_each_model_through_the_harness(tmp_path):
         (losses,) = tmp_path.glob(f"mnist/{name}/*/losses.csv")
         rows = list(csv.DictReader(losses.open()))
         assert [row["step"] for row in rows] == ["2", "4"] and math.isfinite(float(rows[-1][column]))
+    # InfoGAN's code figures land in its run folder when training ends, for the report.
+    (figures,) = tmp_path.glob("mnist/infogan/*/figures")
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "infogan_categorical.png", "infogan_continuous_0.png", "infogan_continuous_1.png"]
+    assert not list(tmp_path.glob("mnist/cgan/*/figures"))

@@ -199,3 +199,34 @@ def test_report_of_an_empty_folder_says_what_to_do(tmp_path):
     assert "No evaluated runs yet" in report.index.read_text()
     with pytest.raises(UsageError, match="not a folder"):
         write_report(tmp_path / "missing")
+
+
+def test_conditional_models_get_their_own_table_without_published_rows(store):
+    write_run(store, "cgan", 100, 0, 0.03, None)
+    write_run(store, "cgan", 100, 1, 0.05, None)
+    published = pd.DataFrame([{"dataset": "mnist", "model": "VAE-10", "metric": "log_likelihood",
+                               "value": 705.4, "std": 7.4, "std_is": "", "unit": "nats",
+                               "setting": "AIS", "source": "Wu et al. 2017, Table 2"}])
+    first, conditional = build_tables(collect_results(store), published=published)
+    assert (first.name, conditional.name) == ("mnist-smoke-test", "mnist-smoke-test-conditional")
+    assert {r.key["model"] for r in first.rows if r.kind == ROW_MODEL} == {"gan", "gvae"}
+    assert [r.key["model"] for r in conditional.rows if r.kind == ROW_MODEL] == ["cgan"]
+    assert conditional.rows[0].cells["mmd"].mean == pytest.approx(0.04)
+    assert any(r.kind == ROW_PUBLISHED for r in first.rows)
+    assert not any(r.kind == ROW_PUBLISHED for r in conditional.rows)
+    index = write_report(store, baselines=None, figures=False).index.read_text()
+    assert "## mnist, smoke budget, test split, conditional models" in index
+
+
+def test_a_models_own_figures_join_the_report(store):
+    import numpy as np
+    from matplotlib.image import imsave
+
+    run = next((store / "mnist" / "gvae").glob("*seed0-gvae100"))
+    (run / "figures").mkdir()
+    for code in ("categorical", "continuous_0"):
+        imsave(run / "figures" / f"infogan_{code}.png", np.zeros((8, 8)), cmap="gray")
+    report = write_report(store, baselines=None)
+    figure = store / "report" / "figures" / "mnist-smoke-test-gvae_latent_dim_100-figures.png"
+    assert figure in report.files
+    assert "gvae_latent_dim_100-figures.png" in report.index.read_text()

@@ -234,6 +234,12 @@ class InfoGAN(GenerativeModel):
             continuous[:, int(code.rsplit("_", 1)[1])] = varied
         return self.generator(self.latent(z, categorical, continuous)).float()
 
+    def write_figures(self, folder: str | Path, generator: torch.Generator | None = None) -> list[Path]:
+        """Called by the harness when training ends: one grid per code in ``folder``
+        (:func:`write_code_figure`), which the report shows beside the samples."""
+        seed = 0 if generator is None else int(generator.initial_seed())
+        return write_code_figure(self, folder, seed=seed)
+
 
 def write_code_figure(model: InfoGAN, path: str | Path, steps: int = 8, seed: int = 0) -> list[Path]:
     """Save one PNG grid per code of ``model`` into the folder ``path``: ``infogan_<code>.png``,

@@ -82,6 +82,9 @@ class Cell:
         return self.mean is not None
 
 
+FAMILY_CONDITIONAL = "conditional"
+
+
 @dataclass
 class Row:
     key: dict[str, Any]  # the group-by values, e.g. {"model": "gvae", "latent_dim": 100}
@@ -102,10 +105,12 @@ class ComparisonTable:
     rows: list[Row]
     feature_extractors: dict[str, str] = field(default_factory=dict)  # metric -> extractor
     notes: list[str] = field(default_factory=list)
+    family: str = ""  # "" for the unconditional models, FAMILY_CONDITIONAL for class-conditional ones
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.budget}-{self.split}"
+        suffix = f"-{self.family}" if self.family else ""
+        return f"{self.dataset}-{self.budget}-{self.split}{suffix}"
 
     def column(self, metric: str) -> MetricColumn:
         for column in self.columns:
@@ -226,10 +231,26 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
         raise UsageError(f"--group-by: no column {', '.join(missing)} in the results "
                          f"(known: {', '.join(known)})")
     tables = []
-    for (dataset, budget), part in frame.groupby(["dataset", "budget"], sort=True, dropna=False):
-        tables.append(_build_table(part, str(dataset), str(budget), split, group_by, metrics,
-                                   published))
+    families = frame["model"].map(model_family)
+    for (dataset, budget, family), part in frame.assign(_family=families).groupby(
+            ["dataset", "budget", "_family"], sort=True, dropna=False):
+        # Published anchors are unconditional models: they belong beside the first wave only.
+        table = _build_table(part.drop(columns="_family"), str(dataset), str(budget), split,
+                             group_by, metrics, None if family else published)
+        table.family = family
+        tables.append(table)
     return tables
+
+
+def model_family(model: Any) -> str:
+    """``FAMILY_CONDITIONAL`` for a registered class-conditional model (its samples are drawn
+    per class, so it gets a table of its own with per-class diversity), else ``""``. Names this
+    process does not know (a user's model, evaluated samples) count as unconditional."""
+    from genbench.models import MODELS
+
+    if str(model) not in MODELS:
+        return ""
+    return FAMILY_CONDITIONAL if getattr(MODELS.get(str(model)), "conditional", False) else ""
 
 
 def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, group_by: list[str],

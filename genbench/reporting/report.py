@@ -128,12 +128,22 @@ def _table_figures(table: ComparisonTable, frame: pd.DataFrame, results_dir: Pat
         label = _row_label(row.key)
         runs_by_model.setdefault(str(row.key.get("model")), []).extend((label, p) for p in paths)
         if paths:
-            montage.append((label, sorted(paths)[0] / "samples.png"))
+            first = sorted(paths)[0]
+            montage.append((label, first / "samples.png"))
+            # A model's own figures (InfoGAN: each latent code varied), from its first seed.
+            own = sorted((first / "figures").glob("*.png"))
+            if own:
+                stem = figures_dir / f"{table.name}-{_safe(label)}-figures"
+                written += figures.sample_montage([(p.stem, p) for p in own], stem, columns=len(own))
     for model, runs in runs_by_model.items():
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
-        written += figures.plot_loss_curves(runs, figures_dir / f"{table.name}-losses-{safe}")
+        written += figures.plot_loss_curves(runs, figures_dir / f"{table.name}-losses-{_safe(model)}")
     written += figures.sample_montage(montage, figures_dir / f"{table.name}-samples")
     return written
+
+
+def _safe(text: str) -> str:
+    """``text`` as a file-name part."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 def _section(table: ComparisonTable, table_files: list[Path], figure_files: list[Path],
@@ -141,7 +151,8 @@ def _section(table: ComparisonTable, table_files: list[Path], figure_files: list
     from genbench.reporting import tables as render
 
     relative = lambda p: p.relative_to(report_dir).as_posix()  # noqa: E731
-    lines = [f"## {table.dataset}, {table.budget} budget, {table.split} split", "",
+    family = f", {table.family} models" if table.family else ""
+    lines = [f"## {table.dataset}, {table.budget} budget, {table.split} split{family}", "",
              render.render_markdown(table, spread), "",
              "Tables: " + ", ".join(f"[{p.suffix[1:]}]({relative(p)})" for p in table_files), ""]
     for png in [p for p in figure_files if p.suffix == ".png"]:

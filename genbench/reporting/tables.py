@@ -168,7 +168,8 @@ def _lines(table: ComparisonTable, spread: str) -> list[_Line]:
 
 
 def _title(table: ComparisonTable) -> str:
-    return f"{table.dataset} · {table.budget} budget · {table.split} split"
+    family = f" · {table.family} models" if table.family else ""
+    return f"{table.dataset} · {table.budget} budget · {table.split} split{family}"
 
 
 def _legend(lines: list[_Line]) -> list[str]:

@@ -415,6 +415,10 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
         barrier(ranks)  # rank 0 is writing the final files
         return FitResult(run_dir, status, total, train_time, {}, info["parameters"])
     write_bytes(run_dir.samples_path, (run_dir.samples_dir / f"step_{total:07d}.png").read_bytes())
+    write_figures = getattr(model, "write_figures", None)
+    if callable(write_figures):  # a model's own figures (e.g. InfoGAN's codes), for the report
+        generator = torch.Generator().manual_seed(spec.train.grid_seed)
+        write_figures(run_dir.figures_dir, generator)
     final = {k: v for k, v in (rows[-1] if rows else {}).items()
              if k not in ("step", "images", "time_s") and v not in ("", None)}
     final = {k: float(v) for k, v in final.items()}

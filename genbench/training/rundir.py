@@ -31,6 +31,7 @@ class RunDir:
     losses_path = property(lambda self: self.path / "losses.csv")
     samples_path = property(lambda self: self.path / "samples.png")
     samples_dir = property(lambda self: self.path / "samples")
+    figures_dir = property(lambda self: self.path / "figures")  # the model's own figures, if any
 
     def read_config(self) -> dict[str, Any] | None:
         try:
