@@ -290,3 +290,32 @@ def test_two_processes_running_the_same_command_train_once(tmp_path):
     assert any("waiting for" in err for _, err in outputs)
     assert json.loads((run_folder(tmp_path) / "config.json").read_text())["status"] == "complete"
     assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_sigterm_to_a_parallel_run_reaches_its_workers_and_leaves_no_orphans(tmp_path):
+    # The parent alone gets the signal (its own session, as from `kill` or a batch system): it
+    # must pass it on, so each worker checkpoints and stops instead of training on as an orphan.
+    command = cli_run(tmp_path, 100000, metrics="mmd") + ["--seeds", "0,1", "--jobs", "2"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("mnist/vae/*/checkpoint.pt"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "re-run the same command to resume" in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # every process of the session has exited
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("workers outlived the parent")
+    for folder in tmp_path.glob("mnist/vae/*/"):
+        assert 0 < load_checkpoint(folder / "checkpoint.pt")["step"] < 100000
+        with run_lock(folder):  # released: the next command can resume the run
+            pass

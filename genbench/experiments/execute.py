@@ -7,10 +7,13 @@ crash finishes the work without repeating or losing any of it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +146,41 @@ def _execute_parallel(specs: list, options: ExecutionOptions) -> list[CellOutcom
         pending = {pool.submit(_run_cell_quietly, spec, worker_options): index
                    for index, spec in enumerate(specs)}
         try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = pending.pop(future)
-                    outcomes[index] = future.result()  # a failure without keep_going re-raises
-                    bar.update(1)
+            with _forwarded_signals(pool):
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index = pending.pop(future)
+                        outcomes[index] = future.result()  # a failure without keep_going re-raises
+                        bar.update(1)
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
     return [outcomes[i] for i in range(len(specs))]
+
+
+@contextlib.contextmanager
+def _forwarded_signals(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """SIGINT and SIGTERM sent to this process go on to the workers, and nothing else happens
+    here: each worker's harness finishes its step, checkpoints and raises RunInterrupted, which
+    comes back through its future and stops the sweep. Without this, a signal to the parent alone
+    (``kill``, a batch system, a background job's Ctrl-C) killed it and left the workers training
+    on as orphans that still held their runs' locks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in saved:
+        signal.signal(number, forward)
+    try:
+        yield
+    finally:
+        for number, previous in saved.items():
+            signal.signal(number, previous)

@@ -192,7 +192,11 @@ class RunInterrupted(GenbenchError):
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
+
+    def __reduce__(self):  # picklable, so it comes back from a --jobs worker process
+        return type(self), (str(self), self.signum)
 
 
 @contextlib.contextmanager
