@@ -218,7 +218,7 @@ def test_conditional_models_get_their_own_table_without_published_rows(store):
     assert "## mnist, smoke budget, test split, conditional models" in index
 
 
-def test_a_models_own_figures_join_the_report(store):
+def test_a_models_own_figures_and_neighbour_panels_join_the_report(store):
     import numpy as np
     from matplotlib.image import imsave
 
@@ -226,7 +226,11 @@ def test_a_models_own_figures_join_the_report(store):
     (run / "figures").mkdir()
     for code in ("categorical", "continuous_0"):
         imsave(run / "figures" / f"infogan_{code}.png", np.zeros((8, 8)), cmap="gray")
+    imsave(run / "nearest_neighbours.png", np.ones((8, 16)), cmap="gray")
     report = write_report(store, baselines=None)
     figure = store / "report" / "figures" / "mnist-smoke-test-gvae_latent_dim_100-figures.png"
     assert figure in report.files
     assert "gvae_latent_dim_100-figures.png" in report.index.read_text()
+    # The memorisation metric's panels, one per model row that has one.
+    panel = store / "report" / "figures" / "mnist-smoke-test-nearest-neighbours.png"
+    assert panel in report.files and "nearest-neighbours.png" in report.index.read_text()

@@ -120,7 +120,7 @@ def _table_figures(table: ComparisonTable, frame: pd.DataFrame, results_dir: Pat
         written += figures.plot_metrics_vs_parameter(table, parameter, figures_dir)
     part = frame[(frame["dataset"] == table.dataset) & (frame["budget"] == table.budget)]
     runs_by_model: dict[str, list[tuple[str, Path]]] = {}
-    montage = []
+    montage, neighbours = [], []
     for row in table.rows:
         if row.kind != ROW_MODEL:
             continue
@@ -130,6 +130,7 @@ def _table_figures(table: ComparisonTable, frame: pd.DataFrame, results_dir: Pat
         if paths:
             first = sorted(paths)[0]
             montage.append((label, first / "samples.png"))
+            neighbours.append((label, first / "nearest_neighbours.png"))
             # A model's own figures (InfoGAN: each latent code varied), from its first seed.
             own = sorted((first / "figures").glob("*.png"))
             if own:
@@ -138,6 +139,8 @@ def _table_figures(table: ComparisonTable, frame: pd.DataFrame, results_dir: Pat
     for model, runs in runs_by_model.items():
         written += figures.plot_loss_curves(runs, figures_dir / f"{table.name}-losses-{_safe(model)}")
     written += figures.sample_montage(montage, figures_dir / f"{table.name}-samples")
+    # Each sample beside its nearest training images (the memorisation metric's panel).
+    written += figures.sample_montage(neighbours, figures_dir / f"{table.name}-nearest-neighbours")
     return written
 
 
