@@ -368,6 +368,42 @@ def sample(run_dir, size, num, seed, out_file, device):
     click.echo(str(render_samples(run_dir, size, num, seed, out_file, device)))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Where the regenerated run goes (not the original's results folder).")
+@click.option("--metrics", default=None,
+              help="Comma-separated metrics to compare (default: every one the run has a value for).")
+@click.option("--tolerance", type=float, default=1e-6, show_default=True,
+              help="Relative difference (with the same absolute floor) counted as agreement.")
+@click.option("--device", default="cpu", show_default=True, help="cpu (bit-reproducible) or cuda.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--download/--no-download", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def rerun(run_dir, out, metrics, tolerance, device, data_dir, download, progress):
+    """Train RUN_DIR's saved config.json again from scratch into OUT, evaluate the same metrics and
+    print saved and regenerated values side by side; exit 1 if any differs beyond --tolerance.
+
+    \b
+    Example:
+      genbench rerun results/mnist/gvae/standard-seed0-f07090ba91 --out /tmp/regenerated
+    """
+    from genbench.experiments.rerun import comparison_rows
+    from genbench.experiments.rerun import rerun as rerun_run
+    from genbench.reporting.summary import format_table
+
+    if not tolerance >= 0:
+        raise UsageError(f"--tolerance must be >= 0, got {tolerance}")
+    result = rerun_run(run_dir, out, _split_list(metrics) or None, tolerance, device, data_dir,
+                       download, progress)
+    click.echo(f"saved: {result.original}\nregenerated: {result.regenerated}")
+    click.echo(format_table(["metric", "saved", "regenerated", "difference", "agrees"],
+                            comparison_rows(result)))
+    if not result.agrees:
+        click.echo(f"some metrics differ by more than the tolerance {tolerance:g}", err=True)
+        raise SystemExit(1)
+
+
 @main.command(name="list")
 @click.argument("what", type=click.Choice(["models", "datasets", "metrics"]))
 def list_(what):
