@@ -184,10 +184,11 @@ def run(models, dataset, budget, seed, seeds, overrides, out, data_dir, device, 
                 raise UsageError(f"{name} is fitted in closed form, not by gradient steps: train it "
                                  "in one process (without --nproc)")
         _relaunch_with_torchrun(nproc)
-    # Under torchrun every rank trains; rank 0 alone evaluates, reports and prints.
+    # Under torchrun every rank trains and evaluates (sharing the work); rank 0 alone writes
+    # metrics.json, reports and prints.
     batch = api.run(models, dataset, budget, seed_list, overrides, out,
                     device=device, data_dir=data_dir, image_size=image_size, limit=limit,
-                    download=download, evaluate=evaluate and ranks.is_main, metrics=metrics,
+                    download=download, evaluate=evaluate, metrics=metrics,
                     fresh=fresh, progress=progress, tensorboard=tensorboard, jobs=jobs,
                     report=write_report and ranks.is_main)
     if ranks.distributed:
@@ -341,6 +342,15 @@ def evaluate(run_dirs, samples_file, dataset, samples_range, out, metrics, split
             documents.append(evaluate_run(run_dir, names, split, num_samples, device, data_dir,
                                           download, budget, feature_extractor=feature_extractor,
                                           fid_vs_n=fid_vs_n))
+    from genbench.training.distributed import ranks_from_environment
+
+    if ranks_from_environment().distributed:  # torchrun: every rank evaluated, rank 0 prints
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if not ranks_from_environment().is_main:
+            return
     print_metrics_table(documents)
 
 

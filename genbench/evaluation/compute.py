@@ -2,6 +2,17 @@
 
 Each function takes an :class:`EvalContext` and returns ``value`` (and where it applies ``std``,
 ``ci_low``, ``ci_high``, ``num_samples``, ``settings``), or raises :class:`NotApplicable`.
+
+In a process group (``genbench run --nproc N``, ``torchrun ... -m genbench evaluate``) every rank
+runs every metric in the same order, and the work that grows with the number of samples is shared
+out in chunks whose random numbers follow the chunk index, then gathered (see
+``genbench.training.distributed``): the generated samples, the classifier features, importance
+sampling and AIS log-likelihoods (AIS only above one chunk of ``batch_size // chains`` examples),
+MMD's rows of kernel blocks and the FID/KID/precision/recall bootstrap resamples. The rest is cheap
+and computed whole on every rank from the same inputs (MS-SSIM diversity, ELBO, KL, active units,
+reconstructions, the Gaussian sigma choice, label entropy, memorisation, torch-fidelity's
+arithmetic on the gathered features): every rank ends with the numbers of one process, and rank 0
+writes them.
 """
 
 from __future__ import annotations
@@ -63,7 +74,8 @@ def compute_mmd(ctx: EvalContext) -> dict[str, Any]:
     samples = ctx.samples_native
     references = _references(ctx)
     real = ctx.real_subset(len(samples))
-    result = mmd(samples, real, kernel="gaussian", bandwidth=references["mmd_bandwidth"])
+    result = mmd(samples, real, kernel="gaussian", bandwidth=references["mmd_bandwidth"],
+                 shard=ctx.ranks)
     return _scalar(result, kernel="gaussian", bandwidth=references["mmd_bandwidth"],
                    num_real=len(real), real_reference=references["mmd_real"],
                    **_sample_settings(ctx))
@@ -185,11 +197,14 @@ def split_log_likelihood(ctx: EvalContext, split: str) -> tuple[PerExampleResult
     elif _has_encoder(model):
         data = likelihood_data(ctx, split, is_examples).to(ctx.device)
         result = log_likelihood(model, data, num_samples=s.is_samples, method="is",
-                                generator=ctx.generator(4))
+                                generator=ctx.generator(4), shard=ctx.ranks)
     else:
         data = likelihood_data(ctx, split, ais_examples).to(ctx.device)
+        # One chunk of batch_size // chains examples at the smoke and standard budgets (8 and 16
+        # images): AIS is sharded over ranks only when it has more examples than that (paper).
         result = log_likelihood(model, data, method="ais", chains=s.ais_chains, steps=s.ais_steps,
-                                generator=ctx.generator(4), initial_step_size=AIS_INITIAL_STEP_SIZE)
+                                generator=ctx.generator(4), initial_step_size=AIS_INITIAL_STEP_SIZE,
+                                shard=ctx.ranks)
     shifted = PerExampleResult(result.value.double().cpu() + description["shift_nats"],
                                result.std_error, result.num_samples, result.settings)
     ctx.cache[key] = (shifted, description)

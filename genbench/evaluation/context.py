@@ -15,9 +15,13 @@ from genbench.evaluation.registry import NotApplicable
 from genbench.evaluation.settings import EvalSettings
 from genbench.training.checkpoint import CorruptCheckpoint
 from genbench.training.checkpoint import decode as decode_checkpoint
+from genbench.training.distributed import SINGLE, Ranks, chunk_seed, chunk_slices
 from genbench.training.harness import build_model
 from genbench.training.rundir import RunDir
 from genbench.training.spec import RunSpec
+
+SAMPLE_CHUNK = 500  # samples per model.sample call, each chunk seeded by its index
+SAMPLES_STREAM = 1  # the evaluation seed's stream for generated samples (chunk_seed(seed, 1, i))
 
 
 def load_trained_model(run_dir: RunDir, device: torch.device):
@@ -66,13 +70,19 @@ class EvalContext:
     Either ``model`` is a trained model (samples are drawn from it) or ``samples`` holds outside
     images ``[N, C, H, W]`` in ``[-1, 1]`` at the dataset's native size; metrics that need a model
     raise :class:`NotApplicable` for the latter.
+
+    ``ranks``: the processes that share this evaluation (every rank builds the same context and
+    computes every metric in the same order); samples, features, importance sampling and MMD
+    are computed in shares and gathered, so every rank holds the numbers one process would.
     """
 
     def __init__(self, dataset: str, settings: EvalSettings, split: str, device: torch.device,
                  model=None, image_size: int | None = None, samples: torch.Tensor | None = None,
                  output_dir: Path | None = None, data_dir: str | Path | None = None,
-                 allow_download: bool = True, feature_extractor: str = "classifier"):
+                 allow_download: bool = True, feature_extractor: str = "classifier",
+                 ranks: Ranks = SINGLE):
         self.dataset, self.settings, self.split, self.device = dataset, settings, split, device
+        self.ranks = ranks
         self.model, self.image_size, self.output_dir = model, image_size, output_dir
         self.data_dir, self.allow_download = data_dir, allow_download
         self.feature_extractor = feature_extractor
@@ -119,8 +129,12 @@ class EvalContext:
 
     def samples(self, n: int) -> torch.Tensor:
         """``n`` samples, float ``[n, C, H, W]`` in ``[-1, 1]`` at native size (resized with
-        antialiasing when the model was trained at another size); drawn once per ``n`` with the
-        evaluation seed, or the first ``n`` outside images."""
+        antialiasing when the model was trained at another size), or the first ``n`` outside images.
+
+        Drawn once per ``n`` in chunks of ``SAMPLE_CHUNK``; chunk ``i`` is drawn with a generator
+        (and a global RNG, for models that draw from it) seeded by (evaluation seed, samples stream,
+        ``i``), so it is the same whichever rank draws it: the ranks draw a share of the chunks each
+        and gather them in order."""
         if self._external_samples is not None:
             return self._external_samples[:n]
         key = ("samples", n)
@@ -128,15 +142,26 @@ class EvalContext:
             model = self.require_model("sample")
             if not getattr(model, "can_sample", True):
                 raise NotApplicable("the model does not sample from a prior")
-            generator = self.generator(1)
-            chunks = [model.sample(min(500, n - done), generator=generator).float().cpu()
-                      for done in range(0, n, 500)]
-            samples = torch.cat(chunks)
-            if self.resized:
-                samples = F.interpolate(samples, size=(self.native_size,) * 2, mode="bilinear",
-                                        antialias=True, align_corners=False).clamp(-1, 1)
-            self.cache[key] = samples
+            chunks = chunk_slices(n, SAMPLE_CHUNK)
+            mine = [self._sample_chunk(model, index, rows.stop - rows.start)
+                    for index, rows in enumerate(chunks) if index in self.ranks.owned_chunks(len(chunks))]
+            local = torch.cat(mine) if mine else None
+            self.cache[key] = self.ranks.gather_rows(local)
         return self.cache[key]
+
+    def _sample_chunk(self, model, index: int, count: int) -> torch.Tensor:
+        """Chunk ``index`` of the samples: ``count`` images ``[count, C, H, W]`` at native size."""
+        seed = chunk_seed(self.settings.seed, SAMPLES_STREAM, index)
+        cuda = self.device.type == "cuda"
+        forked = (torch.random.fork_rng(devices=[self.device], device_type="cuda") if cuda
+                  else torch.random.fork_rng(devices=[]))
+        with forked:
+            torch.manual_seed(seed)  # for models that also draw from the global RNG
+            samples = model.sample(count, generator=torch.Generator().manual_seed(seed)).float().cpu()
+        if self.resized:
+            samples = F.interpolate(samples, size=(self.native_size,) * 2, mode="bilinear",
+                                    antialias=True, align_corners=False).clamp(-1, 1)
+        return samples
 
     def real_subset(self, n: int, offset: int = 0) -> torch.Tensor:
         """The first ``n`` real images after ``offset`` at native size, float in ``[-1, 1]``."""

@@ -1,4 +1,10 @@
-"""Evaluate a trained run folder, or a file of outside samples, and write ``metrics.json``."""
+"""Evaluate a trained run folder, or a file of outside samples, and write ``metrics.json``.
+
+Inside a process group (after ``genbench run --nproc N``, or ``torchrun --nproc-per-node N -m
+genbench evaluate RUN``) every rank evaluates, sharing the sample-heavy work (see
+``genbench/evaluation/compute.py``); every rank holds the numbers of one process, rank 0 alone
+prints and writes files.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from genbench.evaluation import compute, conditional, quality  # noqa: F401  (re
 from genbench.evaluation.context import EvalContext, load_trained_model
 from genbench.evaluation.registry import METRICS, NotApplicable
 from genbench.evaluation.settings import eval_settings_for
+from genbench.training.distributed import barrier, broadcast_object, join_for_evaluation
 from genbench.training.environment import resolve_device
 from genbench.training.rundir import RunDir
 
@@ -55,6 +62,12 @@ def _read_existing(path: Path) -> dict[str, Any]:
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     return document.get("metrics", {}) if document.get("schema_version") == SCHEMA_VERSION else {}
+
+
+def _existing_on_every_rank(path: Path, ranks) -> dict[str, Any]:
+    """Rank 0's reading of ``path``'s metrics, on every rank. Also the first collective of an
+    evaluation: rank 0 cannot write ``metrics.json`` before every rank has decided to evaluate."""
+    return broadcast_object(_read_existing(path) if ranks.is_main else None, ranks)
 
 
 def _compute(ctx: EvalContext, names: list[str] | None, label: str, verbose: bool,
@@ -119,15 +132,18 @@ def evaluate_run(
         raise UsageError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
     for name in metrics or []:
         METRICS.get(name)
-    torch_device = resolve_device(device)
+    ranks, torch_device = join_for_evaluation(resolve_device(device))
     spec, model, config, step = load_trained_model(run_dir, torch_device)
     settings = eval_settings_for(budget or spec.budget).with_num_samples(num_samples)
     ctx = EvalContext(spec.data.dataset, settings, split, torch_device, model=model,
-                      image_size=spec.data.image_size, output_dir=run_dir.path, data_dir=data_dir,
-                      allow_download=allow_download, feature_extractor=feature_extractor)
+                      image_size=spec.data.image_size,
+                      output_dir=run_dir.path if ranks.is_main else None, data_dir=data_dir,
+                      allow_download=allow_download, feature_extractor=feature_extractor, ranks=ranks)
     path = run_dir.path / METRICS_FILE
     started = time.perf_counter()
-    results = _compute(ctx, metrics, f"{spec.model} seed {spec.seed}", verbose, _read_existing(path))
+    existing = _existing_on_every_rank(path, ranks)
+    results = _compute(ctx, metrics, f"{spec.model} seed {spec.seed}", verbose and ranks.is_main,
+                       existing)
     if fid_vs_n:
         write_fid_vs_n(ctx, run_dir.path / "fid_vs_n.csv")
     document = {
@@ -143,10 +159,13 @@ def evaluate_run(
         "genbench_version": genbench.__version__,
         "device": str(torch_device),
         "torch_threads": EVAL_THREADS if torch_device.type == "cpu" else torch.get_num_threads(),
+        "processes": ranks.world_size,  # evaluation processes; the numbers do not depend on it
         "seconds": round(time.perf_counter() - started, 2),
         "metrics": results,
     }
-    write_json(path, document)
+    if ranks.is_main:
+        write_json(path, document)
+    barrier(ranks)  # the file is written before any rank goes on (and may read it)
     return document
 
 
@@ -158,7 +177,9 @@ def write_fid_vs_n(ctx: EvalContext, path: Path) -> list[dict[str, Any]]:
     from genbench.evaluation.quality import _extractor_name, _real_test, extractor_label, fid_samples
     from genbench.metrics.fidelity import fid_vs_n
 
-    samples = fid_samples(ctx)
+    samples = fid_samples(ctx)  # every rank draws its share
+    if not ctx.ranks.is_main:
+        return []
     sizes = [n for n in FID_VS_N_SIZES if n <= len(samples)]
     rows = fid_vs_n(samples, _real_test(ctx), sizes=sizes,
                     extractor_name=_extractor_name(ctx), device=ctx.device)
@@ -266,14 +287,17 @@ def evaluate_samples(
         METRICS.get(name)
     settings = eval_settings_for(budget).with_num_samples(num_samples or len(images))
     folder = Path(out) / dataset / "samples" / f"{Path(path).stem}-{description['sha256'][:10]}"
-    ctx = EvalContext(dataset, settings, split, resolve_device(device), samples=images,
-                      output_dir=folder, data_dir=data_dir, allow_download=allow_download,
-                      feature_extractor=feature_extractor)
+    ranks, torch_device = join_for_evaluation(resolve_device(device))
+    ctx = EvalContext(dataset, settings, split, torch_device, samples=images,
+                      output_dir=folder if ranks.is_main else None, data_dir=data_dir,
+                      allow_download=allow_download, feature_extractor=feature_extractor, ranks=ranks)
+    verbose = verbose and ranks.is_main
     if verbose:
         print(f"  {path}: {description['num_images']} images, detected range "
               f"{description['detected_range']}", file=sys.stderr)
     started = time.perf_counter()
-    results = _compute(ctx, metrics, Path(path).name, verbose, _read_existing(folder / METRICS_FILE))
+    existing = _existing_on_every_rank(folder / METRICS_FILE, ranks)
+    results = _compute(ctx, metrics, Path(path).name, verbose, existing)
     document = {
         "schema_version": SCHEMA_VERSION,
         "model": f"samples:{Path(path).name}",
@@ -283,8 +307,11 @@ def evaluate_samples(
         "evaluation_settings": _settings_dict(settings),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "genbench_version": genbench.__version__,
+        "processes": ranks.world_size,
         "seconds": round(time.perf_counter() - started, 2),
         "metrics": results,
     }
-    write_json(folder / METRICS_FILE, document)
+    if ranks.is_main:
+        write_json(folder / METRICS_FILE, document)
+    barrier(ranks)
     return document

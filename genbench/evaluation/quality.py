@@ -58,7 +58,8 @@ def _features(ctx: EvalContext, key: str, images: torch.Tensor, extractor: str) 
         layers = sorted({feature_layer(extractor, m) for m in ("fid", "kid", "isc", "prc")})
         if extractor == classifier(ctx)[2]:
             layers = sorted(set(layers) | set(CLASSIFIER_LAYERS))
-        ctx.cache[cache_key] = extract_features(images, extractor, layers, device=ctx.device)
+        ctx.cache[cache_key] = extract_features(images, extractor, layers, device=ctx.device,
+                                                shard=ctx.ranks)
     return ctx.cache[cache_key]
 
 
@@ -82,7 +83,8 @@ def quality_results(ctx: EvalContext) -> dict[str, Any]:
         generated = _features(ctx, "generated", fid_samples(ctx), extractor)
         real = _features(ctx, f"real-{ctx.split}", _real_test(ctx), extractor)
         results = fidelity_metrics_from_features(
-            generated, real, extractor, bootstrap=ctx.settings.fid_bootstrap, seed=ctx.settings.seed)
+            generated, real, extractor, bootstrap=ctx.settings.fid_bootstrap, seed=ctx.settings.seed,
+            shard=ctx.ranks)
         ctx.cache["quality"] = results
     return ctx.cache["quality"]
 
@@ -112,7 +114,7 @@ def quality_references(ctx: EvalContext) -> dict[str, Any]:
         values["num_train_images"] = n
         return values
 
-    return _cached(key, compute)
+    return _cached(key, compute, ctx.ranks)  # compute() extracts features: a collective
 
 
 def _quality_metric(name: str):

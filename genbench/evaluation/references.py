@@ -9,21 +9,33 @@ from typing import Any
 from genbench.core.io import json_digest, write_json
 from genbench.core.paths import cache_dir
 from genbench.data import load_images, to_model_range
+from genbench.training.distributed import SINGLE, Ranks, broadcast_object
 
 REFERENCE_VERSION = 1
 
 
-def _cached(key: dict[str, Any], compute) -> dict[str, Any]:
+def _cached(key: dict[str, Any], compute, ranks: Ranks = SINGLE) -> dict[str, Any]:
+    """The cached values of ``key``, or ``compute()`` and cache them.
+
+    With several ranks, rank 0 alone reads and writes the cache and says whether it hit, so all
+    ranks run ``compute()`` or none does (it may hold collectives, which every rank must join).
+    """
     path = cache_dir() / "references" / f"{key['dataset']}-{json_digest(key, 16)}.json"
-    try:
-        return json.loads(path.read_text())["values"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        pass
+    values = None
+    if ranks.is_main:
+        try:
+            values = json.loads(path.read_text())["values"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+    values = broadcast_object(values, ranks)
+    if values is not None:
+        return values
     values = compute()
-    try:
-        write_json(path, {"key": key, "values": values})
-    except OSError:  # an unwritable cache costs time, never correctness
-        pass
+    if ranks.is_main:
+        try:
+            write_json(path, {"key": key, "values": values})
+        except OSError:  # an unwritable cache costs time, never correctness
+            pass
     return values
 
 

@@ -45,6 +45,9 @@ INCEPTION = "inception-v3-compat"
 # Short names accepted by ``--feature-extractor``.
 EXTRACTOR_ALIASES = {"inception": INCEPTION}
 PRC_NEIGHBORHOOD = 3  # torch-fidelity's default k of the k-NN balls (Kynkaanniemi et al. 2019)
+# Images per chunk when extraction is sharded over ranks, in batches: a multiple of the batch size
+# keeps every rank's batches those of one process (the same images together, so the same numbers).
+SHARD_BATCHES = 8
 
 # Registered name -> classifier. torch-fidelity's registry maps a name to a class and refuses a second
 # registration of the name, so one class is registered under every name and looks its classifier up
@@ -223,7 +226,8 @@ def _check_images(images, name: str) -> torch.Tensor:
 
 
 def extract_features(images: torch.Tensor, extractor: str, layers: Sequence[str] | None = None,
-                     batch_size: int = 64, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+                     batch_size: int = 64, device: str | torch.device = "cpu",
+                     shard=None) -> dict[str, torch.Tensor]:
     """Features of ``images`` through torch-fidelity's extraction loop, one pass for all ``layers``.
 
     Args:
@@ -231,6 +235,10 @@ def extract_features(images: torch.Tensor, extractor: str, layers: Sequence[str]
         extractor: a name from :func:`resolve_extractor`.
         layers: feature names to extract; ``None`` gives the layers of all of FID, KID, ISC and PRC.
         device: ``"cpu"`` or a CUDA device (torch-fidelity's ``cuda=True``).
+        shard: inside a process group, a :class:`genbench.training.distributed.Ranks`: every rank
+            passes the same ``images`` and extracts a contiguous run of chunks of
+            ``SHARD_BATCHES * batch_size`` images; the features are gathered in order. Each rank
+            runs the network on the batches one process would, so the features are the same.
 
     Returns:
         torch-fidelity's featuresdict: layer name -> float32 ``[N, D]`` on the CPU.
@@ -238,6 +246,18 @@ def extract_features(images: torch.Tensor, extractor: str, layers: Sequence[str]
     images = _check_images(images, "images")
     if layers is None:
         layers = sorted({feature_layer(extractor, metric) for metric in METRICS})
+    if shard is None or not shard.distributed:
+        return _extract(images, extractor, layers, batch_size, device)
+    chunk = SHARD_BATCHES * batch_size
+    owned = shard.owned_chunks(-(-len(images) // chunk))
+    mine = images[owned.start * chunk : owned.stop * chunk]
+    local = _extract(mine, extractor, layers, batch_size, device) if len(mine) else {}
+    return {layer: shard.gather_rows(local.get(layer)) for layer in layers}
+
+
+def _extract(images: torch.Tensor, extractor: str, layers: Sequence[str], batch_size: int,
+             device: str | torch.device) -> dict[str, torch.Tensor]:
+    """:func:`extract_features` of ``images`` in this process (checked by the caller; N >= 1)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     kwargs: dict = {}
@@ -302,10 +322,14 @@ def fidelity_metrics_from_features(features_generated: dict[str, torch.Tensor],
                                    features_real: dict[str, torch.Tensor] | None, extractor: str,
                                    metrics: Sequence[str] = METRICS, kid_subset_size: int = 1000,
                                    kid_subsets: int = 100, isc_splits: int = 10, bootstrap: int = 0,
-                                   seed: int = 0) -> dict[str, ScalarResult]:
+                                   seed: int = 0, shard=None) -> dict[str, ScalarResult]:
     """The metrics of :func:`fidelity_metrics` from featuresdicts of :func:`extract_features`.
 
     ``features_real`` may be ``None`` when only ``"isc"`` is asked for. See :func:`fidelity_metrics`.
+    ``shard`` (a :class:`genbench.training.distributed.Ranks`, every rank passing the same features)
+    shares the bootstrap resamples out over the ranks: the resamples are drawn on every rank from
+    the one seeded generator, each rank computes a contiguous run of them, and the values are
+    gathered in order, so the intervals are those of one process.
     """
     metrics = _check_metrics(metrics)
     layers = {metric: feature_layer(extractor, metric) for metric in metrics}
@@ -346,10 +370,13 @@ def fidelity_metrics_from_features(features_generated: dict[str, torch.Tensor],
     full = binary_metrics(features_generated)
     # Resample the generated features only: the real set is the fixed reference.
     generator = torch.Generator().manual_seed(seed)
+    indices = [torch.randint(num_gen, (num_gen,), generator=generator) for _ in range(bootstrap)]
+    owned = range(bootstrap) if shard is None else shard.owned_chunks(bootstrap)
+    mine = [binary_metrics({k: v[indices[b]] for k, v in features_generated.items()}) for b in owned]
+    every = mine if shard is None else [m for part in shard.gather_objects(mine) for m in part]
     resampled: dict[str, list[float]] = {key: [] for key in ("fid", "kid", "precision", "recall")}
-    for _ in range(bootstrap):
-        index = torch.randint(num_gen, (num_gen,), generator=generator)
-        for key, value in binary_metrics({k: v[index] for k, v in features_generated.items()}).items():
+    for values in every:  # in resample order
+        for key, value in values.items():
             if key in resampled:
                 resampled[key].append(value)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,26 +65,61 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+def _no_reseed(chunk: int, stream: int = 0) -> None:
+    return None
+
+
 @contextlib.contextmanager
-def _seeded(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
+def _seeded(generator: torch.Generator | None, device: torch.device) -> Iterator[Callable[..., None]]:
     """Draw from the global RNG seeded by ``generator`` and restore it afterwards.
 
     ``torch.distributions`` sample from the global RNG only; seeding a forked copy makes every draw
     (``q.sample``, momenta, acceptance tests) reproducible without disturbing the caller's RNG.
+
+    Yields ``start_chunk(chunk, stream=0)``, which reseeds the global RNG from (the seed drawn from
+    ``generator``, ``stream``, ``chunk``): the estimators call it before each chunk of examples, so a
+    chunk's draws do not depend on the chunks before it, and any process of a sharded evaluation
+    computes any chunk with the same numbers. Without ``generator`` nothing is seeded.
     """
     if generator is None:
-        yield
+        yield _no_reseed
         return
+    from genbench.training.distributed import chunk_seed
+
     seed = int(torch.randint(2**62, (1,), generator=generator))
-    if device.type == "cuda":
-        with torch.random.fork_rng(devices=[device], device_type="cuda"), torch.cuda.device(device):
-            torch.random.default_generator.manual_seed(seed)
-            torch.cuda.manual_seed(seed)
-            yield
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            yield
+
+    def reseed(value: int) -> None:
+        torch.random.default_generator.manual_seed(value)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(value)
+
+    def start_chunk(chunk: int, stream: int = 0) -> None:
+        reseed(chunk_seed(seed, stream, chunk))
+
+    cuda = device.type == "cuda"
+    forked = (torch.random.fork_rng(devices=[device], device_type="cuda") if cuda
+              else torch.random.fork_rng(devices=[]))
+    with forked, torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        reseed(seed)
+        yield start_chunk
+
+
+def _owned_rows(num_examples: int, chunk: int, shard) -> tuple[slice, int]:
+    """``(rows of x this process scores, index of their first chunk)``: whole chunks of ``chunk``
+    examples, the run ``shard.owned_chunks`` gives this rank (all of them without ``shard``)."""
+    if shard is None:
+        return slice(0, num_examples), 0
+    owned = shard.owned_chunks(-(-num_examples // chunk))
+    return slice(min(owned.start * chunk, num_examples), min(owned.stop * chunk, num_examples)), owned.start
+
+
+def _gathered(result: PerExampleResult, shard) -> PerExampleResult:
+    """The per-example values of every rank's chunks, in chunk order (see :func:`log_likelihood`)."""
+    if shard is None:
+        return result
+    value = shard.gather_rows(result.value)
+    std_error = None if result.std_error is None else shard.gather_rows(result.std_error)
+    return PerExampleResult(value, std_error, result.num_samples, result.settings)
 
 
 def _log_mean_and_error(
@@ -233,14 +268,15 @@ class _Observation:
 def _chunking(num_examples: int, k: int, batch_size: int) -> tuple[int, int]:
     """``(examples, samples)`` per observation_model call, about ``batch_size`` z's in all."""
     samples = min(k, batch_size)
-    return min(num_examples, max(1, batch_size // samples)), samples
+    return max(1, min(num_examples, batch_size // samples)), samples
 
 
-def _log_weights(model, x: torch.Tensor, k: int, batch_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
+def _log_weights(model, x: torch.Tensor, k: int, batch_size: int,
+                 on_batch: Callable[[int], None] = _no_reseed) -> Iterator[tuple[slice, torch.Tensor]]:
     """Importance log-weights ``log p(x|z) + log p(z) - log q(z|x)``, ``z ~ q(z|x)``, in float64.
 
     Yields ``(examples, log_w [k_chunk, B])`` chunks; each chunk sends ``k_chunk * B`` z's through
-    the observation model in one call.
+    the observation model in one call. ``on_batch(b)`` runs before batch ``b`` of examples draws.
     """
     prior = model.prior()
     latent_dim = _latent_dim(prior)
@@ -250,6 +286,7 @@ def _log_weights(model, x: torch.Tensor, k: int, batch_size: int) -> Iterator[tu
         rows = slice(start, min(start + per_batch, x.shape[0]))
         x_b = x[rows]  # [B, C, H, W]
         b = x_b.shape[0]
+        on_batch(start // per_batch)
         q = model.approximate_posterior(x_b)
         observation.examples(x_b)
         for done in range(0, k, per_chunk):
@@ -267,13 +304,21 @@ def _log_weights(model, x: torch.Tensor, k: int, batch_size: int) -> Iterator[tu
 
 
 # --- importance sampling and the ELBO ------------------------------------------------------------
-def _importance_sampling(model, x, k, batch_size) -> PerExampleResult:
+def _is_chunk(k: int, batch_size: int) -> int:
+    """Examples per batch of importance sampling, which is also its unit of seeding and sharding;
+    it depends on ``k`` and ``batch_size`` only, never on the number of processes."""
+    return max(1, batch_size // min(k, batch_size))
+
+
+def _importance_sampling(model, x, k, batch_size, start_chunk=_no_reseed, first_chunk=0) -> PerExampleResult:
+    """Batch ``b`` of ``x`` is chunk ``first_chunk + b``, reseeded by ``start_chunk`` before it draws."""
     lse = x.new_empty(x.shape[0], dtype=torch.float64)
     lse_sq = torch.empty_like(lse)
     started = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     # inference mode inside only: the sums above stay ordinary tensors, and so does the result
     with torch.inference_mode():
-        for rows, log_w in _log_weights(model, x, k, batch_size):
+        for rows, log_w in _log_weights(model, x, k, batch_size,
+                                        lambda b: start_chunk(first_chunk + b)):
             chunk, chunk_sq = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
             # the first chunk starts the sums: logaddexp(-inf, -inf) would give NaN
             first = started[rows]
@@ -494,14 +539,23 @@ def _ais_batch(model, x_b, betas, options: AISOptions, z_start=None) -> torch.Te
     return log_w.view(c, b)
 
 
-def _ais(model, x, options: AISOptions, batch_size: int, reverse_from=None) -> PerExampleResult:
+def _ais_chunk(options: AISOptions, batch_size: int) -> int:
+    """Examples per AIS batch, also its unit of seeding and sharding (see :func:`_is_chunk`)."""
+    return max(1, batch_size // options.chains)
+
+
+def _ais(model, x, options: AISOptions, batch_size: int, reverse_from=None, start_chunk=_no_reseed,
+         first_chunk: int = 0) -> PerExampleResult:
+    """Batch ``b`` of ``x`` is chunk ``first_chunk + b``, reseeded by ``start_chunk`` (stream 0
+    forward, 1 reverse) before it draws."""
     betas = sigmoid_schedule(options.steps)
     if reverse_from is not None:
         betas = betas.flip(0)
-    per_batch = max(1, batch_size // options.chains)
-    log_w = []
+    per_batch = _ais_chunk(options, batch_size)
+    log_w = [torch.zeros(options.chains, 0, dtype=torch.float64, device=x.device)]  # no examples: [chains, 0]
     for start in range(0, x.shape[0], per_batch):
         rows = slice(start, start + per_batch)
+        start_chunk(first_chunk + start // per_batch, int(reverse_from is not None))
         z_start = None
         if reverse_from is not None:  # every chain starts from the example's exact posterior sample
             z_start = reverse_from[rows].unsqueeze(0).expand(options.chains, *reverse_from[rows].shape)
@@ -524,6 +578,7 @@ def log_likelihood(
     method: Literal["is", "ais"] = "is",
     batch_size: int = DEFAULT_BATCH_SIZE,
     generator: torch.Generator | None = None,
+    shard=None,
     **ais_options,
 ) -> PerExampleResult:
     """Per-example ``log p(x)`` in nats, ``[N]`` float64, for ``x [N, C, H, W]`` exactly as passed.
@@ -550,6 +605,15 @@ def log_likelihood(
     images for a Bernoulli model (25 MB at the default 4096 and 28x28 pixels) or one repeat of ``x``
     for any other. On a CPU, 1024 to 4096 differ by under 10% for an MLP decoder. ``generator``
     seeds every draw.
+
+    Seeding and sharding: the examples are cut into chunks of the estimator's batch
+    (``batch_size // min(num_samples, batch_size)`` examples for IS, ``batch_size // chains`` for
+    AIS), and each chunk reseeds the random numbers from (a seed drawn from ``generator``, its
+    index), so an example's estimate does not depend on which chunks were computed before it.
+    ``shard`` (a :class:`genbench.training.distributed.Ranks` inside a process group, every rank
+    calling with the same arguments) makes each rank score a contiguous run of whole chunks and
+    gathers the values in chunk order: every rank returns the values one process would have,
+    bit for bit on the CPU (the same arithmetic per chunk).
     """
     x = _check_data(x)
     batch_size = _positive_int(batch_size, "batch_size")
@@ -561,16 +625,19 @@ def log_likelihood(
         _require(model, ("approximate_posterior",),
                  "importance sampling needs an encoder q(z|x); use method='ais'")
         k = _positive_int(num_samples, "num_samples")
-        with torch.no_grad(), _seeded(generator, x.device):
-            result = _importance_sampling(model, x, k, batch_size)
+        rows, first = _owned_rows(x.shape[0], _is_chunk(k, batch_size), shard)
+        with torch.no_grad(), _seeded(generator, x.device) as start_chunk:
+            result = _importance_sampling(model, x[rows], k, batch_size, start_chunk, first)
     elif method == "ais":
         if num_samples != DEFAULT_NUM_SAMPLES:
             raise UsageError("num_samples applies to method='is'; give AIS chains=... instead")
         options = AISOptions.from_options(ais_options)
-        with _seeded(generator, x.device):
-            result = _ais(model, x, options, batch_size)
+        rows, first = _owned_rows(x.shape[0], _ais_chunk(options, batch_size), shard)
+        with _seeded(generator, x.device) as start_chunk:
+            result = _ais(model, x[rows], options, batch_size, start_chunk=start_chunk, first_chunk=first)
     else:
         raise UsageError(f"method must be 'is' or 'ais', got {method!r}")
+    result = _gathered(result, shard)
     result.settings["batch_size"] = batch_size
     return result
 
@@ -606,12 +673,12 @@ def bdmc(
     options = AISOptions.from_options(ais_options)
     prior = model.prior()
     _latent_dim(prior)
-    with _seeded(generator, prior.mean.device):
+    with _seeded(generator, prior.mean.device) as start_chunk:
         with torch.no_grad():
             z = prior.sample((n,))  # [N, latent_dim]
             x = model.observation_model(z).sample()  # [N, C, H, W]
-        lower = _ais(model, x, options, batch_size)
-        reverse = _ais(model, x, options, batch_size, reverse_from=z)
+        lower = _ais(model, x, options, batch_size, start_chunk=start_chunk)
+        reverse = _ais(model, x, options, batch_size, reverse_from=z, start_chunk=start_chunk)
     upper = PerExampleResult(-reverse.value, reverse.std_error, reverse.num_samples,
                              {**reverse.settings, "direction": "reverse"})
     lower.settings["direction"] = "forward"
