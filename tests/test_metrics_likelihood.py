@@ -489,3 +489,27 @@ def test_dequantize_fills_each_level_bin():
     assert not torch.equal(dequantize(levels, seeded(1)), y)
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
         dequantize(torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize("standard_prior", [True, False])
+def test_gaussian_latents_fast_path_equals_torchs_log_probs(standard_prior):
+    from genbench.metrics.likelihood import _GaussianLatents
+
+    torch.manual_seed(0)
+    b, latent = 5, 7
+    q = D.Independent(D.Normal(torch.randn(b, latent), torch.rand(b, latent) + 0.1), 1)
+    if standard_prior:
+        prior = D.Independent(D.Normal(torch.zeros(latent), torch.ones(latent)), 1)
+    else:
+        prior = D.Independent(D.Normal(torch.randn(latent), torch.rand(latent) + 0.5), 1)
+    gaussian = _GaussianLatents.of(q, prior, b, latent)
+    assert gaussian is not None and gaussian.standard == standard_prior
+    z, log_ratio = gaussian.draw(11)
+    assert z.shape == (11, b, latent) and log_ratio.dtype == torch.float64
+    expected = prior.log_prob(z).double() - q.log_prob(z).double()
+    # float32 terms of size ~10 nats: agreement to float32 rounding
+    torch.testing.assert_close(log_ratio, expected, rtol=0, atol=1e-4)
+    # Anything else (another family, mismatched shapes) takes torch's general path.
+    laplace = D.Independent(D.Laplace(torch.zeros(b, latent), torch.ones(b, latent)), 1)
+    assert _GaussianLatents.of(laplace, prior, b, latent) is None
+    assert _GaussianLatents.of(q, prior, b + 1, latent) is None
