@@ -83,6 +83,10 @@ class Cell:
 
 
 FAMILY_CONDITIONAL = "conditional"
+# Image-to-image models (srgan, pix2pix): each solves its own task, scored by PSNR/SSIM against
+# its trivial baseline, so they are compared with neither the generative models nor, in bold,
+# with each other in a way that means much; they get their own table.
+FAMILY_PAIRED = "paired"
 
 
 @dataclass
@@ -243,14 +247,18 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
 
 
 def model_family(model: Any) -> str:
-    """``FAMILY_CONDITIONAL`` for a registered class-conditional model (its samples are drawn
-    per class, so it gets a table of its own with per-class diversity), else ``""``. Names this
-    process does not know (a user's model, evaluated samples) count as unconditional."""
+    """``FAMILY_PAIRED`` for a registered image-to-image model (it has ``translate``),
+    ``FAMILY_CONDITIONAL`` for a class-conditional one (its samples are drawn per class, so it
+    gets a table of its own with per-class diversity), else ``""``. Names this process does not
+    know (a user's model, evaluated samples) count as unconditional."""
     from genbench.models import MODELS
 
     if str(model) not in MODELS:
         return ""
-    return FAMILY_CONDITIONAL if getattr(MODELS.get(str(model)), "conditional", False) else ""
+    model_class = MODELS.get(str(model))
+    if callable(getattr(model_class, "translate", None)):
+        return FAMILY_PAIRED
+    return FAMILY_CONDITIONAL if getattr(model_class, "conditional", False) else ""
 
 
 def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, group_by: list[str],
