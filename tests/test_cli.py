@@ -24,8 +24,9 @@ def test_list_models_and_datasets():
     models = invoke("list", "models")
     assert models.exit_code == 0
     names = [line.split()[0] for line in models.output.splitlines()]
-    assert names == ["acgan", "biggan", "cgan", "cppn", "deepsim", "gan", "gvae", "infogan", "logan",
-                     "ppca", "sagan", "unet-gan", "vae", "wgan"]
+    assert names == ["acgan", "biggan", "cgan", "cppn", "deepsim", "deepsim-inversion", "gan", "gvae",
+                     "infogan", "logan", "pix2pix", "ppca", "sagan", "srgan", "stackgan", "unet-gan",
+                     "vae", "wgan"]
     assert all(len(line.split(maxsplit=1)) == 2 for line in models.output.splitlines())
     datasets = invoke("list", "datasets")
     assert {"mnist", "fashion-mnist", "cifar10"} <= {row.split()[0] for row in datasets.output.splitlines()}

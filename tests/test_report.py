@@ -234,3 +234,10 @@ def test_a_models_own_figures_and_neighbour_panels_join_the_report(store):
     # The memorisation metric's panels, one per model row that has one.
     panel = store / "report" / "figures" / "mnist-smoke-test-nearest-neighbours.png"
     assert panel in report.files and "nearest-neighbours.png" in report.index.read_text()
+
+
+def test_model_families_decide_the_tables():
+    from genbench.reporting.aggregate import FAMILY_CONDITIONAL, FAMILY_PAIRED, model_family
+
+    assert [model_family(m) for m in ("gvae", "cgan", "stackgan", "srgan", "pix2pix", "mine")] == [
+        "", FAMILY_CONDITIONAL, FAMILY_CONDITIONAL, FAMILY_PAIRED, FAMILY_PAIRED, ""]

@@ -28,7 +28,7 @@ import genbench
 from genbench.core.errors import UsageError
 from genbench.core.io import file_digest, write_json, write_text
 from genbench.data import SPLITS, get_dataset
-from genbench.evaluation import compute, conditional, quality  # noqa: F401  (register the metrics)
+from genbench.evaluation import compute, conditional, paired, quality  # noqa: F401  (register the metrics)
 from genbench.evaluation.context import EvalContext, load_trained_model
 from genbench.evaluation.registry import METRICS, NotApplicable
 from genbench.evaluation.settings import eval_settings_for

@@ -72,6 +72,39 @@ class RandomComparator(nn.Module):
         return self.net(x).flatten(1)  # [B, F]
 
 
+def squared_distance(a: torch.Tensor, b: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``||a - b||^2`` per example, summed (``"sum"``, the paper's setting) or averaged
+    (``"mean"``) over all dimensions but the first, then averaged over the batch; in float32."""
+    squared = (a.float() - b.float()).pow(2).flatten(1)
+    per_example = squared.sum(1) if reduction == "sum" else squared.mean(1)
+    return per_example.mean()
+
+
+def adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's ``L_adv = -log D(G(x))``, batch mean (nats), from D's logits ``[B, 1]``."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """``L_discr = -log D(x) - log(1 - D(G(x)))``, batch means (nats), from logits ``[B, 1]``."""
+    bce = F.binary_cross_entropy_with_logits
+    return bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+
+
+def step_discriminator_unless_paused(d_loss: torch.Tensor, adversarial: torch.Tensor,
+                                     pause_ratio: float, optimizer: torch.optim.Optimizer,
+                                     ctx: StepContext) -> bool:
+    """One step of ``optimizer`` (the discriminator's) on ``d_loss``, skipped while
+    ``L_discr / L_adv < pause_ratio`` so the discriminator does not overfit (the paper's 0.1).
+    Returns whether the step was skipped."""
+    paused = d_loss.item() < pause_ratio * adversarial.item()
+    if not paused:
+        optimizer.zero_grad(set_to_none=True)
+        ctx.backward(d_loss, inputs=[p for g in optimizer.param_groups for p in g["params"]])
+        ctx.step(optimizer)
+    return paused
+
+
 @register_model("deepsim")
 class DeePSiM(LatentGenerator):
     """DeePSiM autoencoder: encoder + generator trained through a comparator's features, an
@@ -139,9 +172,7 @@ class DeePSiM(LatentGenerator):
         return self.discriminator(x, return_features=True)[1][-1].flatten(1)
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        squared = (a.float() - b.float()).pow(2).flatten(1)
-        per_example = squared.sum(1) if self.config.reduction == "sum" else squared.mean(1)
-        return per_example.mean()
+        return squared_distance(a, b, self.config.reduction)
 
     @property
     def can_sample(self) -> bool:
@@ -169,12 +200,10 @@ class DeePSiM(LatentGenerator):
 
     def train_step(self, batch, step, ctx: StepContext):
         c = self.config
-        bce = F.binary_cross_entropy_with_logits
         with ctx.autocast():
             z, posterior = self._encode(batch)
             reconstruction = self.generator(z)
-            fake_logits = self.discriminator(reconstruction)
-            adversarial = bce(fake_logits, torch.ones_like(fake_logits))
+            adversarial = adversarial_loss(self.discriminator(reconstruction))
             with torch.no_grad():
                 target_features = self._compare(batch)
             feature = self._distance(self._compare(reconstruction), target_features)
@@ -204,17 +233,10 @@ class DeePSiM(LatentGenerator):
         ctx.step(opt_ae)
 
         with ctx.autocast():
-            real_logits = self.discriminator(batch)
-            fake_logits = self.discriminator(reconstruction.detach())
-            d_loss = bce(real_logits, torch.ones_like(real_logits)) + bce(
-                fake_logits, torch.zeros_like(fake_logits)
-            )
-        paused = d_loss.item() < c.pause_ratio * adversarial.item()
-        if not paused:
-            opt_d = self.optimizers["discriminator"]
-            opt_d.zero_grad(set_to_none=True)
-            ctx.backward(d_loss, inputs=self.discriminator.parameters())
-            ctx.step(opt_d)
+            d_loss = discriminator_loss(self.discriminator(batch),
+                                        self.discriminator(reconstruction.detach()))
+        paused = step_discriminator_unless_paused(d_loss, adversarial, c.pause_ratio,
+                                                  self.optimizers["discriminator"], ctx)
         return {
             "loss": loss.item(),
             "feature": feature.item(),
