@@ -379,6 +379,44 @@ def sample(run_dir, size, num, seed, out_file, device):
 
 
 @main.command()
+@click.argument("name")
+@click.option("--schedule", type=click.Choice(["smoke", "short", "full"]), default="short",
+              show_default=True, help="smoke (seconds, for tests), short (CPU minutes), full (the paper's).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder of the tables and checkpoints (default: results/reproductions/NAME).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--download/--no-download", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--fresh", is_flag=True, help="Delete this schedule's folder and start over.")
+def reproduce(name, schedule, out, seed, device, threads, data_dir, download, progress, fresh):
+    """Reproduce a published table (iwae-table1, wu2017-table2): train its models with the paper's
+    settings, evaluate them the paper's way and write table.{md,csv,tex} and config.json, ours
+    beside the published numbers, into OUT/SCHEDULE/. Re-running resumes from the checkpoints.
+
+    \b
+    Example:
+      genbench reproduce iwae-table1 --schedule short
+      genbench reproduce wu2017-table2 --schedule smoke --out /tmp/wu
+    """
+    import torch
+
+    from genbench.reproductions import REPRODUCTIONS, run_reproduction
+    from genbench.training.environment import resolve_device
+
+    REPRODUCTIONS.get(name)  # an unknown name fails before any work, listing the known ones
+    if threads is not None:
+        torch.set_num_threads(threads)
+    report, files = run_reproduction(name, schedule, out, resolve_device(device), seed, data_dir,
+                                     download, progress, fresh)
+    click.echo(files[0].read_text())
+    click.echo("wrote " + ", ".join(str(path) for path in files))
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Where the regenerated run goes (not the original's results folder).")
