@@ -335,7 +335,7 @@ def _evaluate(context: ReproductionContext, kind: str, decoder: WuDecoder, x_tes
     {"smoke": "1 epoch of 500 images per model, AIS on 4 examples x 4 chains x 10/20 steps: seconds",
      "short": "VAE-10 and GAN-10 40 epochs each of 50,000 images, AIS on 100 test examples x "
               "16 chains x 100 and 1,000 steps, BDMC on 20 simulated examples x 1,000 steps "
-              "(about 1 h on 2 CPU cores)",
+              "(1 h 45 min of compute measured on a busy shared 2-core machine)",
      "full": "the authors' epochs (4,000 / 8,000), AIS on 1,000 examples x 16 chains x 1,000 and "
              "10,000 steps, BDMC on 100 examples: a GPU run"},
 )
@@ -412,6 +412,12 @@ def run(context: ReproductionContext) -> ReproductionReport:
                  "8,000 (GAN-10) epochs, evaluated on 1,000 test examples; where the BDMC gap and the "
                  "change with AIS length are small against our difference to them, that difference "
                  "is the shorter training, not the estimator.")
+    notes.append(f"Assumed training (the authors' is not published): VAE-10 Adam {VAE_LEARNING_RATE}, "
+                 f"batch {BATCH_SIZE}, variance fixed at {OBSERVATION_VARIANCE['VAE-10']}; GAN-10 "
+                 f"non-saturating loss, Adam {GAN_LEARNING_RATES['generator']} / "
+                 f"{GAN_LEARNING_RATES['discriminator']} (betas {GAN_BETAS}), discriminator "
+                 f"{'-'.join(map(str, DISCRIMINATOR_WIDTHS))}-1 with dropout {DISCRIMINATOR_DROPOUT} "
+                 f"and an R1 penalty (gamma {R1_WEIGHT}).")
     compute_s = sum(m["train_time_s"] + m["eval_time_s"] for m in summary.values())
     config = {"settings": settings, "models": summary, "vae_above_gan": ordered,
               "compute_s": round(compute_s, 1)}
