@@ -241,3 +241,67 @@ def test_model_families_decide_the_tables():
 
     assert [model_family(m) for m in ("gvae", "cgan", "stackgan", "srgan", "pix2pix", "mine")] == [
         "", FAMILY_CONDITIONAL, FAMILY_CONDITIONAL, FAMILY_PAIRED, FAMILY_PAIRED, ""]
+
+
+def _write_likelihood_run(root, model, seed, log_likelihood, space):
+    folder = write_run(root, model, 100, seed, 0.01, log_likelihood)
+    document = json.loads((folder / "metrics.json").read_text())
+    document["metrics"]["log_likelihood"]["settings"] = {"method": "is", "data_space": space}
+    (folder / "metrics.json").write_text(json.dumps(document))
+
+
+def test_likelihoods_on_different_data_get_separate_columns_and_published_rows_follow(tmp_path):
+    # A Bernoulli log p(x) of binarized pixels (about -90 nats) and a Gaussian density of
+    # dequantized pixels (hundreds of nats) are not comparable: one column each, best per column.
+    _write_likelihood_run(tmp_path, "vae", 0, -92.0, "binarized {0,1}")
+    _write_likelihood_run(tmp_path, "ppca", 0, 403.0, "dequantized [0,1]")
+    _write_likelihood_run(tmp_path, "gan", 0, 439.0, "dequantized [0,1]")
+    write_run(tmp_path, "wgan", 100, 0, 0.02, None)  # inapplicable: n/a in both columns
+    published = pd.DataFrame([
+        {"dataset": "mnist", "model": "VAE k=1", "metric": "log_likelihood", "value": -86.76,
+         "std": None, "std_is": "", "unit": "nats", "setting": "dynamically binarized MNIST",
+         "source": "Burda et al. 2016"},
+        {"dataset": "mnist", "model": "VAE-10", "metric": "log_likelihood", "value": 705.4,
+         "std": 7.4, "std_is": "", "unit": "nats", "setting": "continuous MNIST in [0,1]",
+         "source": "Wu et al. 2017"},
+        {"dataset": "mnist", "model": "mystery", "metric": "log_likelihood", "value": 1.0,
+         "std": None, "std_is": "", "unit": "nats", "setting": "unknown treatment", "source": "x"},
+    ])
+    [table] = build_tables(collect_results(tmp_path), published=published)
+    names = [c.name for c in table.columns]
+    assert names == ["mmd", "log_likelihood@binarized", "log_likelihood@continuous", "kl"]
+    assert table.column("log_likelihood@continuous").label == "log p(x) (continuous)"
+    rows = {r.key["model"]: i for i, r in enumerate(table.rows)}
+    assert table.best_rows("log_likelihood@binarized") == []  # a single model: nothing to rank
+    assert table.best_rows("log_likelihood@continuous") == [rows["gan"]]
+    wgan = table.rows[rows["wgan"]]
+    assert wgan.cells["log_likelihood@binarized"].status == "n/a"
+    assert wgan.cells["log_likelihood@continuous"].status == "n/a"
+    assert table.rows[rows["vae"]].cells["log_likelihood@continuous"].status == "n/a"
+    assert any("split by the data" in note for note in table.notes)
+    burda = table.rows[rows["VAE k=1 (published)"]]
+    assert burda.cells["log_likelihood@binarized"].mean == -86.76
+    assert not burda.cells["log_likelihood@continuous"].available
+    wu = table.rows[rows["VAE-10 (published)"]]
+    assert wu.cells["log_likelihood@continuous"].mean == 705.4
+    assert "mystery (published)" not in rows  # unknown data treatment: matched to no column
+
+
+def test_one_data_space_keeps_one_column_and_drops_unlike_published_rows(tmp_path):
+    _write_likelihood_run(tmp_path, "vae", 0, -92.0, "binarized {0,1}")
+    _write_likelihood_run(tmp_path, "vae", 1, -90.0, "binarized {0,1}")
+    published = pd.DataFrame([
+        {"dataset": "mnist", "model": "VAE-10", "metric": "log_likelihood", "value": 705.4,
+         "std": 7.4, "std_is": "", "unit": "nats", "setting": "continuous MNIST in [0,1]",
+         "source": "Wu et al. 2017"}])
+    [table] = build_tables(collect_results(tmp_path), published=published)
+    assert "log_likelihood" in [c.name for c in table.columns]
+    assert not [r for r in table.rows if r.kind == ROW_PUBLISHED]
+
+
+def test_a_column_no_model_has_a_value_for_is_left_out(tmp_path):
+    write_run(tmp_path, "gan", 100, 0, 0.01, None)
+    write_run(tmp_path, "gan", 100, 1, 0.02, None)
+    [table] = build_tables(collect_results(tmp_path))
+    assert [c.name for c in table.columns] == ["mmd"]  # log p(x) and KL are n/a for every GAN row
+    assert all(set(r.cells) == {"mmd"} for r in table.rows)

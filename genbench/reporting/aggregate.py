@@ -44,6 +44,13 @@ METRIC_ORDER = ["mmd", "ms_ssim_diversity", "fid", "kid", "isc", "precision", "r
                 "reconstruction_error_normalized", "active_units", "log_likelihood_gap",
                 "memorisation_nn_ratio"]
 
+# Likelihoods depend on the data they are measured on: a Bernoulli log p(x) of binarized pixels
+# and a Gaussian density of dequantized [0, 1] pixels differ by hundreds of nats for the same
+# model. A table whose rows measured these on different data gets one column per data space.
+DATA_SPACE_METRICS = ("log_likelihood", "elbo")
+DATA_SPACE_LABELS = {"binarized": "binarized", "continuous": "continuous"}
+SPACE_SEPARATOR = "@"
+
 ROW_MODEL = "model"
 ROW_REFERENCE = "reference"
 ROW_PUBLISHED = "published"
@@ -153,7 +160,38 @@ def summarise(values: list[float]) -> Cell:
                 values=[float(v) for v in array])
 
 
+def data_space(settings: Any) -> str | None:
+    """``"binarized"`` or ``"continuous"`` for an estimate's data treatment, read from its settings
+    (JSON with ``data_space``) or from free text (a published row's setting); None if unknown."""
+    text = settings if isinstance(settings, str) else ""
+    try:
+        parsed = json.loads(text) if text.startswith("{") else None
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        text = str(parsed.get("data_space", ""))
+    lowered = text.lower()
+    if "binariz" in lowered:
+        return "binarized"
+    if any(word in lowered for word in ("dequantiz", "continuous", "[0,1]", "[0, 1]")):
+        return "continuous"
+    return None
+
+
+def _base_metric(name: str) -> str:
+    return name.split(SPACE_SEPARATOR, 1)[0]
+
+
 def metric_column(name: str, rows: pd.DataFrame | None = None) -> MetricColumn:
+    base, _, space = name.partition(SPACE_SEPARATOR)
+    column = _registered_column(base, rows)
+    if space:
+        return MetricColumn(name, f"{column.label} ({DATA_SPACE_LABELS.get(space, space)})",
+                            column.direction, column.unit)
+    return column
+
+
+def _registered_column(name: str, rows: pd.DataFrame | None = None) -> MetricColumn:
     direction, unit = "none", ""
     try:
         from genbench.evaluation import compute, quality  # noqa: F401  (register the metrics)
@@ -263,10 +301,14 @@ def model_family(model: Any) -> str:
 
 def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, group_by: list[str],
                  metrics: list[str] | None, published: pd.DataFrame | None) -> ComparisonTable:
+    part, spaces = _split_by_data_space(part)
     present = list(dict.fromkeys(part["metric"]))
-    names = metrics or sorted(present, key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER
-                                                      else len(METRIC_ORDER), m))
-    names = [m for m in names if m in present]
+    if metrics:  # a requested base metric keeps all its per-data-space columns
+        present = [m for m in present if m in metrics or _base_metric(m) in metrics]
+    names = sorted(present, key=lambda m: (
+        (metrics.index(_base_metric(m)) if metrics and _base_metric(m) in metrics
+         else METRIC_ORDER.index(_base_metric(m)) if _base_metric(m) in METRIC_ORDER
+         else len(METRIC_ORDER)), m))
     columns = [metric_column(m, part[part["metric"] == m]) for m in names]
     rows: list[Row] = []
     keyed = part.assign(**{k: part[k].map(_key_value).astype(object) for k in group_by})
@@ -285,6 +327,12 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
             else:
                 cell = Cell(status="missing")
             cells[column.name] = cell
+        for name, cell in cells.items():  # measured, but on the other data space
+            base = _base_metric(name)
+            if name != base and cell.status == "missing" and any(
+                    other != name and _base_metric(other) == base and sibling.available
+                    for other, sibling in cells.items()):
+                cells[name] = Cell(status="n/a", note="measured on other data")
         run_ids = sorted(set(group["run_id"]))
         rows.append(Row(key=key, cells=cells, seeds=len(run_ids), run_ids=run_ids))
 
@@ -302,7 +350,17 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
         rows.append(Row(key=key, cells={c.name: reference.get(c.name, Cell(status="n/a"))
                                         for c in columns}, kind=ROW_REFERENCE))
     if published is not None and len(published):
-        rows.extend(_published_rows(published, dataset, columns, group_by))
+        rows.extend(_published_rows(published, dataset, columns, group_by, spaces))
+
+    # A column no model row has a value in (a metric every run found inapplicable) says nothing.
+    shown = [c for c in columns
+             if any(r.kind == ROW_MODEL and r.cells[c.name].available for r in rows)]
+    if shown != columns:
+        columns = shown
+        for row in rows:
+            row.cells = {c.name: row.cells[c.name] for c in columns}
+        rows = [r for r in rows
+                if r.kind != ROW_PUBLISHED or any(c.available for c in r.cells.values())]
 
     extractors = {}
     for column in columns:
@@ -310,21 +368,63 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
         if labels:
             extractors[column.name] = " / ".join(labels)
     notes = []
+    if len(spaces) > 1:
+        notes.append("log p(x) and ELBO are split by the data they were measured on: binarized "
+                     "{0,1} pixels (a Bernoulli probability) or dequantized [0,1] pixels (a density, "
+                     "Gaussian observation with σ chosen on validation images); the two scales are "
+                     "not comparable")
     if any(c.mixed_settings for r in rows for c in r.cells.values()):
         notes.append("† the seeds of this cell were evaluated with different estimator settings")
     return ComparisonTable(dataset, budget, split, group_by, columns, rows, extractors, notes)
 
 
+def _split_by_data_space(part: pd.DataFrame) -> tuple[pd.DataFrame, set[str]]:
+    """Rename the data-space-dependent metrics to ``metric@space`` when the model rows measured
+    them on more than one data space. Returns the frame and the set of known spaces."""
+    dependent = part["metric"].isin(DATA_SPACE_METRICS) & (part["status"] == "ok")
+    row_spaces = part.loc[dependent, "settings"].map(data_space)
+    spaces = set(row_spaces.dropna())
+    if len(spaces) > 1:
+        part = part.copy()
+        known = row_spaces.dropna()
+        part.loc[known.index, "metric"] = part.loc[known.index, "metric"] + SPACE_SEPARATOR + known
+        # The inapplicable rows of a split metric (a GAN has no ELBO) belong to every space.
+        inapplicable = part["metric"].isin(DATA_SPACE_METRICS) & (part["status"] != "ok")
+        if inapplicable.any():
+            copies = [part[inapplicable].assign(metric=part.loc[inapplicable, "metric"]
+                                                + SPACE_SEPARATOR + space)
+                      for space in sorted(spaces)]
+            part = pd.concat([part[~inapplicable], *copies])
+    return part, spaces
+
+
 def _published_rows(published: pd.DataFrame, dataset: str, columns: list[MetricColumn],
-                    group_by: list[str]) -> list[Row]:
+                    group_by: list[str], spaces: set[str] | None = None) -> list[Row]:
+    """Published numbers as marked rows. A likelihood goes into the column of its data space and
+    is left out where no model row measured on that space (it would compare unlike with unlike)."""
+    spaces = spaces or set()
     names = {c.name for c in columns}
-    mine = published[(published["dataset"] == dataset) & published["metric"].isin(names)]
+    mine = published[published["dataset"] == dataset].copy()
+
+    def column_name(entry: pd.Series) -> str | None:
+        metric = str(entry["metric"])
+        if metric not in DATA_SPACE_METRICS:
+            return metric
+        space = data_space(str(entry.get("data_space", "") or "")) or data_space(str(entry.get("setting", "")))
+        if space is None or not spaces:
+            return metric
+        if len(spaces) == 1:
+            return metric if space in spaces else None
+        return f"{metric}{SPACE_SEPARATOR}{space}" if space in spaces else None
+
+    mine["_column"] = mine.apply(column_name, axis=1) if len(mine) else []
+    mine = mine[mine["_column"].isin(names)]
     rows = []
     for (model, setting, source), group in mine.groupby(["model", "setting", "source"], sort=False):
         cells = {c.name: Cell(status="missing") for c in columns}
         for _, entry in group.iterrows():
             std = None if pd.isna(entry.get("std")) else float(entry["std"])
-            cells[entry["metric"]] = Cell(mean=float(entry["value"]), std=std, n=0,
+            cells[entry["_column"]] = Cell(mean=float(entry["value"]), std=std, n=0,
                                           note=str(entry.get("std_is", "") or ""))
         key = {k: "" for k in group_by} | {group_by[0]: f"{model} (published)"}
         rows.append(Row(key=key, cells=cells, kind=ROW_PUBLISHED,
