@@ -14,6 +14,7 @@ def test_harness_benchmark_rows_are_well_formed():
 
     rows = bench_harness.rows(quick=True)
     assert [r["item"].split(" ")[1] for r in rows[:2]] == ["gan", "vae"]
+    assert rows[2]["item"].startswith("deterministic algorithms")
     for row in rows:
         assert {"item", "genbench", "comparison", "ratio", "unit", "target", "met", "note"} <= row.keys()
         assert math.isfinite(row["genbench"]) and row["genbench"] > 0

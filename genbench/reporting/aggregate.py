@@ -410,7 +410,8 @@ def _published_rows(published: pd.DataFrame, dataset: str, columns: list[MetricC
         metric = str(entry["metric"])
         if metric not in DATA_SPACE_METRICS:
             return metric
-        space = data_space(str(entry.get("data_space", "") or "")) or data_space(str(entry.get("setting", "")))
+        space = (data_space(str(entry.get("data_space", "") or ""))
+                 or data_space(str(entry.get("setting", ""))))
         if space is None or not spaces:
             return metric
         if len(spaces) == 1:
