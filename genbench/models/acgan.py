@@ -8,6 +8,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from genbench.models.adversarial import (
+    discriminator_probabilities,
+    non_saturating_d_loss,
+    non_saturating_g_loss,
+    optimizer_step,
+)
 from genbench.models.base import StepContext
 from genbench.models.cgan import CGANConfig, ClassConditionalGAN
 from genbench.models.layers import ConvEncoder
@@ -96,27 +102,21 @@ class ACGAN(ClassConditionalGAN):
             fake = self.generator(z, labels)
             real_logit, real_class = self.heads(batch)
             fake_logit, fake_class = self.heads(fake.detach())
-            adversarial = F.binary_cross_entropy_with_logits(
-                real_logit, torch.ones_like(real_logit)
-            ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            adversarial = non_saturating_d_loss(real_logit, fake_logit)
             class_real = F.cross_entropy(real_class, real_target)
             class_fake = F.cross_entropy(fake_class, fake_target)
             d_loss = adversarial + lam * (class_real + class_fake)
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        optimizer_step(ctx, opt_d, d_loss)
 
         with ctx.autocast():
             gen_logit, gen_class = self.heads(fake)
-            g_loss = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+            g_loss = non_saturating_g_loss(gen_logit)
             # acgan: -log C(y | G); adcgan: -log C(y+ | G) + log C(y- | G).
             g_class = F.cross_entropy(gen_class, real_target)
             if self.config.loss == "adcgan":
                 g_class = g_class - F.cross_entropy(gen_class, fake_target)
             g_loss = g_loss + lam * g_class
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
+        optimizer_step(ctx, opt_g, g_loss, self.generator.parameters())
 
         with torch.no_grad():
             predicted = real_class.float()
@@ -126,8 +126,7 @@ class ACGAN(ClassConditionalGAN):
         return {
             "d_loss": d_loss.item(),
             "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logit.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logit.float()).mean().item(),
+            **discriminator_probabilities(real_logit, fake_logit),
             "class_real": class_real.item(),
             "class_fake": class_fake.item(),
             "class_accuracy": accuracy.item(),

@@ -2,7 +2,7 @@
 
 ``ClassConditionalGAN`` holds the label handling the conditional family (``cgan``, ``acgan``)
 shares: one-hot labels, a generator ``G(z, y)``, uniform labels when none are given, and
-sampling by class.
+sampling by class (``ClassConditionalSampling``, which ``biggan`` uses too).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.models.adversarial import adam_pair, non_saturating_step
 from genbench.models.base import (
     GenerativeModel,
     ModelConfig,
@@ -53,7 +54,27 @@ class ConditionalGenerator(nn.Module):
         return self.body(torch.cat([z, y], dim=1))  # [B, latent_dim + K] -> [B, C, H, W]
 
 
-class ClassConditionalGAN(GenerativeModel):
+class ClassConditionalSampling:
+    """``generate(z, labels)`` and ``per_class_samples`` of a class-conditional model (listed
+    before :class:`GenerativeModel` in its bases; ``biggan``'s too): its ``generator(z, labels)``
+    draws the images, ``check_labels(labels, n)`` checks int64 labels ``[n]`` and
+    ``sample(n, generator, labels)`` draws ``n`` images of the given classes."""
+
+    @evaluating
+    def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``G(z, y)`` for ``z [B, latent_dim]`` and int64 ``labels [B]``: ``[B, C, H, W]`` in ``[-1, 1]``."""
+        return self.generator(z, self.check_labels(labels, z.shape[0])).float()
+
+    def per_class_samples(self, n_per_class: int,
+                          generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+        """``{class: [n_per_class, C, H, W] in [-1, 1]}`` for every class, drawn with ``generator``
+        (what the per-class metrics of class-conditional models use)."""
+        return {k: self.sample(n_per_class, generator,
+                               torch.full((n_per_class,), k, dtype=torch.long, device=self.device))
+                for k in range(self.config.num_classes)}
+
+
+class ClassConditionalGAN(ClassConditionalSampling, GenerativeModel):
     """A generator ``G(z, y)`` with ``z ~ N(0, I)`` and a class label ``y``.
 
     The harness passes the batch's labels to :meth:`train_step`; without them (the model
@@ -86,11 +107,6 @@ class ClassConditionalGAN(GenerativeModel):
         return as_class_labels(labels, n, self.config.num_classes, device or self.device)
 
     @evaluating
-    def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``G(z, y)`` for ``z [B, latent_dim]`` and int64 ``labels [B]``: ``[B, C, H, W]`` in ``[-1, 1]``."""
-        return self.generator(z, self.check_labels(labels, z.shape[0])).float()
-
-    @evaluating
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,22 +117,8 @@ class ClassConditionalGAN(GenerativeModel):
         labels = self.random_labels(n, generator) if labels is None else self.check_labels(labels, n)
         return self.generator(z, labels).float()
 
-    def per_class_samples(self, n_per_class: int,
-                          generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
-        """``{class: [n_per_class, C, H, W] in [-1, 1]}`` for every class, drawn with ``generator``."""
-        return {k: self.sample(n_per_class, generator,
-                               torch.full((n_per_class,), k, dtype=torch.long, device=self.device))
-                for k in range(self.config.num_classes)}
-
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(
-                self.discriminator.parameters(), c.learning_rate, betas=betas
-            ),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, self.config)
         return self.optimizers
 
 
@@ -161,29 +163,8 @@ class CGAN(ClassConditionalGAN):
 
     def train_step(self, batch, step, ctx: StepContext, labels: torch.Tensor | None = None):
         """One discriminator and one generator step; ``labels`` int64 ``[B]`` (uniform if None)."""
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         labels = self.check_labels(labels, batch.shape[0], batch.device)
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
-        with ctx.autocast():
-            fake = self.generator(z, labels)
-            real_logits = self.discriminator(batch, labels)
-            fake_logits = self.discriminator(fake.detach(), labels)
-            d_loss = F.binary_cross_entropy_with_logits(
-                real_logits, torch.ones_like(real_logits)
-            ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
-
-        with ctx.autocast():
-            gen_logits = self.discriminator(fake, labels)
-            g_loss = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-        }
+        return non_saturating_step(ctx, self.optimizers, self.generator, batch,
+                                   lambda: self.generator(z, labels),
+                                   lambda x: self.discriminator(x, labels))

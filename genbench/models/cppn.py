@@ -12,8 +12,9 @@ from torch import distributions as D
 from torch import nn
 
 from genbench.core.errors import UsageError
+from genbench.models.adversarial import adam
 from genbench.models.base import ModelConfig, StepContext, as_class_labels, evaluating, require
-from genbench.models.gan import LatentGenerator
+from genbench.models.gan import EncodedLatentGenerator, diagonal_gaussian
 from genbench.models.layers import ConvEncoder
 from genbench.models.registry import register_model
 
@@ -129,7 +130,7 @@ class CoordinateGenerator(nn.Module):
 
 
 @register_model("cppn")
-class CPPN(LatentGenerator):
+class CPPN(EncodedLatentGenerator):
     """Resolution-free CPPN generator (residual coordinate MLP) with a VAE encoder, trained against
     a (K+1)-class classifier; renders at any size.
 
@@ -200,13 +201,10 @@ class CPPN(LatentGenerator):
 
     def build_optimizers(self):
         c = self.config
-        betas = (c.beta1, c.beta2)
         self.optimizers = {
-            "generator": torch.optim.Adam(
-                [*self.generator.parameters(), *self.encoder.parameters()], c.learning_rate,
-                betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(),
-                                              c.discriminator_learning_rate, betas=betas),
+            "generator": adam([*self.generator.parameters(), *self.encoder.parameters()],
+                              c.learning_rate, c),
+            "discriminator": adam(self.discriminator, c.discriminator_learning_rate, c),
         }
         return self.optimizers
 
@@ -239,20 +237,8 @@ class CPPN(LatentGenerator):
     # --- encoder -----------------------------------------------------------------------------
 
     def _posterior(self, x: torch.Tensor) -> D.Distribution:
-        mean, log_var = self.encoder(x).float().chunk(2, dim=1)  # [B, latent_dim] each
-        return D.Independent(D.Normal(mean, torch.exp(0.5 * log_var)), 1)
-
-    @evaluating
-    def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
-        """q(z|x) for ``x [B, C, H, W]`` in ``[-1, 1]``; event shape ``[latent_dim]``."""
-        return self._posterior(x)
-
-    @evaluating
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``G(mean of q(z|x))``, ``[B, C, H, W]`` in ``[-1, 1]``: an image of the same class,
-        not a pixel copy (there is no pixel loss)."""
-        return self.generator(self._posterior(x).mean).float()
+        # float32 even under autocast: train_step takes the KL of this posterior in full precision.
+        return diagonal_gaussian(self.encoder(x).float())
 
     # --- training ----------------------------------------------------------------------------
 

@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
+from genbench.models.adversarial import (
+    adam,
+    non_saturating_d_loss,
+    non_saturating_g_loss,
+    optimizer_step,
+)
 from genbench.models.base import ModelConfig, StepContext, evaluating, require, set_requires_grad
-from genbench.models.gan import LatentGenerator
+from genbench.models.gan import LatentGenerator, diagonal_gaussian
 from genbench.models.layers import ConvEncoder, ConvGenerator
 from genbench.models.registry import register_model
 
@@ -80,15 +85,10 @@ def squared_distance(a: torch.Tensor, b: torch.Tensor, reduction: str) -> torch.
     return per_example.mean()
 
 
-def adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """The generator's ``L_adv = -log D(G(x))``, batch mean (nats), from D's logits ``[B, 1]``."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """``L_discr = -log D(x) - log(1 - D(G(x)))``, batch means (nats), from logits ``[B, 1]``."""
-    bce = F.binary_cross_entropy_with_logits
-    return bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+# The paper's L_adv = -log D(G(x)) and L_discr = -log D(x) - log(1 - D(G(x))), under the names
+# deepsim-inversion imports them by.
+adversarial_loss = non_saturating_g_loss
+discriminator_loss = non_saturating_d_loss
 
 
 def step_discriminator_unless_paused(d_loss: torch.Tensor, adversarial: torch.Tensor,
@@ -99,9 +99,7 @@ def step_discriminator_unless_paused(d_loss: torch.Tensor, adversarial: torch.Te
     Returns whether the step was skipped."""
     paused = d_loss.item() < pause_ratio * adversarial.item()
     if not paused:
-        optimizer.zero_grad(set_to_none=True)
-        ctx.backward(d_loss, inputs=[p for g in optimizer.param_groups for p in g["params"]])
-        ctx.step(optimizer)
+        optimizer_step(ctx, optimizer, d_loss, [p for g in optimizer.param_groups for p in g["params"]])
     return paused
 
 
@@ -148,13 +146,10 @@ class DeePSiM(LatentGenerator):
 
     def build_optimizers(self):
         c = self.config
-        betas = (c.beta1, c.beta2)
         autoencoder = list(self.encoder.parameters()) + list(self.generator.parameters())
         self.optimizers = {
-            "autoencoder": torch.optim.Adam(autoencoder, c.learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(
-                self.discriminator.parameters(), c.learning_rate, betas=betas
-            ),
+            "autoencoder": adam(autoencoder, c.learning_rate, c),
+            "discriminator": adam(self.discriminator, c.learning_rate, c),
         }
         return self.optimizers
 
@@ -162,9 +157,8 @@ class DeePSiM(LatentGenerator):
         code = self.encoder(x)
         if not self.config.variational:
             return code, None
-        mean, log_var = code.chunk(2, dim=1)
-        posterior = D.Independent(D.Normal(mean, torch.exp(0.5 * log_var)), 1)
-        return (posterior.rsample() if self.training else mean), posterior
+        posterior = diagonal_gaussian(code)
+        return (posterior.rsample() if self.training else posterior.mean), posterior
 
     def _compare(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.comparator == "random":
@@ -228,9 +222,7 @@ class DeePSiM(LatentGenerator):
             + c.kl_weight * kl_term
         )
         opt_ae = self.optimizers["autoencoder"]
-        opt_ae.zero_grad(set_to_none=True)
-        ctx.backward(loss, inputs=opt_ae.param_groups[0]["params"])
-        ctx.step(opt_ae)
+        optimizer_step(ctx, opt_ae, loss, opt_ae.param_groups[0]["params"])
 
         with ctx.autocast():
             d_loss = discriminator_loss(self.discriminator(batch),

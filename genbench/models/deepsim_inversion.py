@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench.features.classifier import DatasetClassifier
+from genbench.models.adversarial import adam, adam_pair, optimizer_step
 from genbench.models.base import (
     GenerativeModel,
     ModelConfig,
@@ -37,6 +38,7 @@ from genbench.models.deepsim import (
     squared_distance,
     step_discriminator_unless_paused,
 )
+from genbench.models.image_bank import TrainingImageBank
 from genbench.models.layers import ConvEncoder, ConvGenerator, UpBlock, widths
 from genbench.models.registry import register_model
 
@@ -233,9 +235,7 @@ class DeePSiMInversion(GenerativeModel):
             if config.comparator == "random":
                 self.comparator = RandomComparator(image_shape[0], config.comparator_width,
                                                    config.comparator_seed)
-        self.register_buffer("kept", torch.zeros(config.kept_images, *image_shape))
-        self.register_buffer("kept_count", torch.zeros((), dtype=torch.long))
-        self._kept_full = False  # a cache of kept_count == kept_images, to skip a device sync
+        self.bank = TrainingImageBank(self, "kept", "kept_count", config.kept_images, image_shape)
 
     def train(self, mode: bool = True):
         """Set the mode of the trainable networks; the classifier stays in eval mode (frozen:
@@ -245,14 +245,10 @@ class DeePSiMInversion(GenerativeModel):
         return self
 
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.learning_rate, betas=betas)
-        }
-        if self.discriminator is not None:
-            self.optimizers["discriminator"] = torch.optim.Adam(
-                self.discriminator.parameters(), c.learning_rate, betas=betas)
+        if self.discriminator is None:
+            self.optimizers = {"generator": adam(self.generator, self.config.learning_rate, self.config)}
+        else:
+            self.optimizers = adam_pair(self.generator, self.discriminator, self.config)
         return self.optimizers
 
     def classifier_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,21 +287,10 @@ class DeePSiMInversion(GenerativeModel):
         index = torch.arange(n, device=self.kept.device) % self.config.kept_images
         return self.reconstruct(self.kept[index])
 
-    @torch.no_grad()
-    def _keep(self, batch: torch.Tensor) -> None:
-        """Copy images of ``batch`` into ``kept`` until it holds ``kept_images`` of them."""
-        if self._kept_full:
-            return
-        have = int(self.kept_count)
-        take = batch[: self.config.kept_images - have]
-        self.kept[have : have + len(take)] = take.float()
-        self.kept_count += len(take)
-        self._kept_full = have + len(take) >= self.config.kept_images
-
     def train_step(self, batch, step, ctx: StepContext):
         """One generator step (and with ``loss=deepsim`` one discriminator step unless paused)."""
         c = self.config
-        self._keep(batch)
+        self.bank.add(batch)
         with ctx.autocast():
             with torch.no_grad():
                 features = self.encode(batch)  # the fixed encoder: no gradient
@@ -313,9 +298,7 @@ class DeePSiMInversion(GenerativeModel):
             image = squared_distance(reconstruction, batch, c.reduction)
         optimizer = self.optimizers["generator"]
         if c.loss == "image":
-            optimizer.zero_grad(set_to_none=True)
-            ctx.backward(image, inputs=self.generator.parameters())
-            ctx.step(optimizer)
+            optimizer_step(ctx, optimizer, image, self.generator.parameters())
             return {"loss": image.item(), "image": image.item()}
 
         with ctx.autocast():
@@ -324,9 +307,7 @@ class DeePSiMInversion(GenerativeModel):
                 target_features = self.compare(batch)
             feature = squared_distance(self.compare(reconstruction), target_features, c.reduction)
         loss = c.feature_weight * feature + c.adversarial_weight * adversarial + c.image_weight * image
-        optimizer.zero_grad(set_to_none=True)
-        ctx.backward(loss, inputs=self.generator.parameters())
-        ctx.step(optimizer)
+        optimizer_step(ctx, optimizer, loss, self.generator.parameters())
 
         with ctx.autocast():
             d_loss = discriminator_loss(self.discriminator(batch, features),

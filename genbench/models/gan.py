@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import distributions as D
 
+from genbench.models.adversarial import adam_pair, non_saturating_step
 from genbench.models.base import GenerativeModel, ModelConfig, StepContext, evaluating, require
 from genbench.models.layers import ConvEncoder, ConvGenerator
 from genbench.models.registry import register_model
@@ -49,6 +49,33 @@ class LatentGenerator(GenerativeModel):
         return self.generator(self.randn(n, self.config.latent_dim, generator=generator)).float()
 
 
+def diagonal_gaussian(params: torch.Tensor) -> D.Distribution:
+    """``N(mean, diag(exp(log_var)))`` from an encoder's output ``[B, 2 * latent_dim]``, the means
+    then the log-variances; batch shape ``[B]``, event shape ``[latent_dim]``."""
+    mean, log_var = params.chunk(2, dim=1)  # [B, latent_dim] each
+    return D.Independent(D.Normal(mean, torch.exp(0.5 * log_var)), 1)
+
+
+class EncodedLatentGenerator(LatentGenerator):
+    """A :class:`LatentGenerator` with a Gaussian encoder ``q(z|x)``: ``self.encoder`` maps images
+    ``[B, C, H, W]`` to the means and log-variances ``[B, 2 * latent_dim]`` of ``z``."""
+
+    def _posterior(self, x: torch.Tensor) -> D.Distribution:
+        return diagonal_gaussian(self.encoder(x))
+
+    @evaluating
+    def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
+        """q(z|x) for ``x [B, C, H, W]`` in ``[-1, 1]``; event shape ``[latent_dim]``."""
+        return self._posterior(x)
+
+    @evaluating
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``G(mean of q(z|x))``, ``[B, C, H, W]`` in ``[-1, 1]``. Trained without a pixel loss
+        (``gvae``, ``cppn``), it is an image like ``x`` (for ``cppn``, of its class), not a pixel copy."""
+        return self.generator(self._posterior(x).mean).float()
+
+
 @register_model("gan")
 class GAN(LatentGenerator):
     """DCGAN generator and discriminator, non-saturating loss, Adam (2e-4, beta1 0.5).
@@ -68,39 +95,10 @@ class GAN(LatentGenerator):
         self.discriminator = ConvEncoder(image_shape, config.base_width, 1, slope=0.2)
 
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(
-                self.discriminator.parameters(), c.learning_rate, betas=betas
-            ),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, self.config)
         return self.optimizers
 
     def train_step(self, batch, step, ctx: StepContext):
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
-        with ctx.autocast():
-            fake = self.generator(z)
-            real_logits = self.discriminator(batch)
-            fake_logits = self.discriminator(fake.detach())
-            d_loss = F.binary_cross_entropy_with_logits(
-                real_logits, torch.ones_like(real_logits)
-            ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
-
-        with ctx.autocast():
-            gen_logits = self.discriminator(fake)
-            g_loss = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-        }
+        return non_saturating_step(ctx, self.optimizers, self.generator, batch,
+                                   lambda: self.generator(z), self.discriminator)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as D
 
-from genbench.models.base import ModelConfig, StepContext, evaluating, require
-from genbench.models.gan import LatentGenerator
+from genbench.models.adversarial import adam
+from genbench.models.base import ModelConfig, StepContext, require
+from genbench.models.gan import EncodedLatentGenerator
 from genbench.models.layers import ConvEncoder, ConvGenerator, plan_resolution
 from genbench.models.registry import register_model
 
@@ -41,7 +42,7 @@ class GVAEConfig(ModelConfig):
 
 
 @register_model("gvae")
-class GVAE(LatentGenerator):
+class GVAE(EncodedLatentGenerator):
     """Generative VAE (VAE-GAN): encoder q(z|x) with KL, generator and discriminator, no pixel loss.
 
     The model of "Generative Variational Autoencoder for High Resolution Image Synthesis"
@@ -86,28 +87,9 @@ class GVAE(LatentGenerator):
 
     def build_optimizers(self):
         c = self.config
-        make = lambda m: torch.optim.Adam(m.parameters(), c.learning_rate, betas=(c.beta1, c.beta2))  # noqa: E731
-        self.optimizers = {
-            "encoder": make(self.encoder),
-            "generator": make(self.generator),
-            "discriminator": make(self.discriminator),
-        }
+        self.optimizers = {name: adam(getattr(self, name), c.learning_rate, c)
+                           for name in ("encoder", "generator", "discriminator")}
         return self.optimizers
-
-    def _posterior(self, x: torch.Tensor) -> D.Distribution:
-        mean, log_var = self.encoder(x).chunk(2, dim=1)  # [B, latent_dim] each
-        return D.Independent(D.Normal(mean, torch.exp(0.5 * log_var)), 1)
-
-    @evaluating
-    def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
-        """q(z|x) for ``x [B, C, H, W]`` in ``[-1, 1]``; event shape ``[latent_dim]``."""
-        return self._posterior(x)
-
-    @evaluating
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``G(mean of q(z|x))``, ``[B, C, H, W]`` in ``[-1, 1]``."""
-        return self.generator(self._posterior(x).mean).float()
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.discriminator(x, return_features=True)

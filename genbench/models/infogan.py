@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench.core.errors import UsageError
+from genbench.models.adversarial import (
+    adam_pair,
+    discriminator_probabilities,
+    non_saturating_d_loss,
+    non_saturating_g_loss,
+    optimizer_step,
+)
 from genbench.models.base import GenerativeModel, ModelConfig, StepContext, evaluating, require
 from genbench.models.layers import ConvEncoder, ConvGenerator
 from genbench.models.registry import register_model
@@ -109,14 +116,8 @@ class InfoGAN(GenerativeModel):
                                                c.continuous_dim, c.continuous_std == "learned")
 
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.generator_learning_rate,
-                                          betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.learning_rate,
-                                              betas=betas),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, self.config,
+                                    g_lr=self.config.generator_learning_rate)
         return self.optimizers
 
     # --- latent codes ----------------------------------------------------------------------------
@@ -165,29 +166,22 @@ class InfoGAN(GenerativeModel):
             fake = self.generator(self.latent(z, categorical, continuous))
             real_logit = self.discriminator(batch)[0]
             fake_logit, *fake_q = self.discriminator(fake.detach())
-            adversarial = F.binary_cross_entropy_with_logits(
-                real_logit, torch.ones_like(real_logit)
-            ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            adversarial = non_saturating_d_loss(real_logit, fake_logit)
         with ctx.full_precision():
             info, info_categorical, info_continuous = self.info_loss(fake_q, categorical, continuous)
         d_loss = adversarial + lam * info
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        optimizer_step(ctx, opt_d, d_loss)
 
         with ctx.autocast():
             gen_logit, *gen_q = self.discriminator(fake)
-            g_loss = F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))
+            g_loss = non_saturating_g_loss(gen_logit)
         with ctx.full_precision():
             g_loss = g_loss.float() + lam * self.info_loss(gen_q, categorical, continuous)[0]
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
+        optimizer_step(ctx, opt_g, g_loss, self.generator.parameters())
         return {
             "d_loss": d_loss.item(),
             "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logit.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logit.float()).mean().item(),
+            **discriminator_probabilities(real_logit, fake_logit),
             "info_loss": info.item(),
             "info_categorical": info_categorical.item(),
             "info_continuous": info_continuous.item(),

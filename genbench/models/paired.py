@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from genbench.core.errors import GenbenchError
 from genbench.models.base import GenerativeModel, evaluating
+from genbench.models.image_bank import TrainingImageBank
 
 # Sobel derivative per pixel for intensities in [0, 1]: the [1, 2, 1] smoothing sums to 4 and the
 # central difference spans 2 pixels, hence / 8. A black-to-white step gives 0.5 on the pixels on
@@ -119,11 +120,8 @@ class PairedTranslator(GenerativeModel):
 
     def __init__(self, config, image_shape):
         super().__init__(config, image_shape)
-        # The first training images, uint8 [K, C, H, W] (the datasets' own resolution of values).
-        self.register_buffer("source_bank", torch.zeros(SOURCE_BANK_SIZE, *self.image_shape,
-                                                        dtype=torch.uint8))
-        self.register_buffer("source_bank_count", torch.zeros((), dtype=torch.long))
-        self._bank_full = False  # saves a device sync per step once the bank is full
+        self.bank = TrainingImageBank(self, "source_bank", "source_bank_count", SOURCE_BANK_SIZE,
+                                      self.image_shape, dtype=torch.uint8)
 
     def degrade(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -134,28 +132,18 @@ class PairedTranslator(GenerativeModel):
     def baseline(self, source: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
     def remember(self, batch: torch.Tensor) -> None:
         """Keep the first images of ``batch`` (``[B, C, H, W]`` in ``[-1, 1]``) until the bank holds
         ``SOURCE_BANK_SIZE``; they are the sources :meth:`sample` translates."""
-        if self._bank_full:
-            return
-        filled = int(self.source_bank_count)
-        take = batch[: len(self.source_bank) - filled].detach().float()
-        if len(take):
-            codes = ((take + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            self.source_bank[filled : filled + len(take)] = codes.to(self.source_bank.device)
-            self.source_bank_count += len(take)
-        self._bank_full = filled + len(take) >= len(self.source_bank)
+        self.bank.add(batch)
 
     def remembered(self) -> torch.Tensor:
         """The remembered training images, float ``[K', C, H, W]`` in ``[-1, 1]``."""
-        filled = int(self.source_bank_count)
-        if filled == 0:
+        if len(self.bank) == 0:
             raise GenbenchError(f"{self.name or type(self).__name__} has no source images yet: "
                                 "sample() translates degraded training images it keeps while "
                                 "training; train at least one step first")
-        return self.source_bank[:filled].float() / 127.5 - 1
+        return self.bank.kept()
 
     @evaluating
     @torch.no_grad()

@@ -9,6 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.models.adversarial import (
+    adam_pair,
+    discriminator_step,
+    non_saturating_d_loss,
+    non_saturating_g_loss,
+    optimizer_step,
+)
 from genbench.models.base import ModelConfig, StepContext, evaluating, require
 from genbench.models.layers import plan_resolution, widths
 from genbench.models.paired import PairedTranslator, edge_map, fit_to
@@ -174,13 +181,7 @@ class Pix2Pix(PairedTranslator):
         self.discriminator = PatchDiscriminator(channels, config.base_width, config.patch_layers)
 
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.learning_rate,
-                                              betas=betas),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, self.config)
         return self.optimizers
 
     def degrade(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,34 +201,18 @@ class Pix2Pix(PairedTranslator):
         return source.float()
 
     def train_step(self, batch, step, ctx: StepContext):
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         self.remember(batch)
         source = self.degrade(batch)  # [B, C, H, W] in {-1, 1}
-        with ctx.autocast():
-            fake = self.generator(source)
-            real_logits = self.discriminator(source, batch)  # [B, 1, H', W'] patches
-            fake_logits = self.discriminator(source, fake.detach())
-            d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                            + F.binary_cross_entropy_with_logits(fake_logits,
-                                                                 torch.zeros_like(fake_logits)))
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        discriminate = lambda image: self.discriminator(source, image)  # [B, 1, H', W'] patches
+        d = discriminator_step(ctx, self.optimizers["discriminator"], batch,
+                               lambda: self.generator(source), discriminate,
+                               loss=lambda real, fake: 0.5 * non_saturating_d_loss(real, fake))
 
         with ctx.autocast():
-            gen_logits = self.discriminator(source, fake)
-            adversarial = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+            adversarial = non_saturating_g_loss(discriminate(d.fake))
         with ctx.full_precision():
-            l1 = (fake.float() - batch.float()).abs().mean()
+            l1 = (d.fake.float() - batch.float()).abs().mean()
             g_loss = adversarial.float() + self.config.l1_weight * l1
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "l1": l1.item(),
-            "adversarial": adversarial.item(),
-            "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-        }
+        optimizer_step(ctx, self.optimizers["generator"], g_loss, self.generator.parameters())
+        return {"d_loss": d.loss.item(), "g_loss": g_loss.item(), "l1": l1.item(),
+                "adversarial": adversarial.item(), **d.probabilities()}

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from genbench.models.adversarial import adam_pair, discriminator_step, optimizer_step
 from genbench.models.base import (
     GenerativeModel,
     ModelConfig,
@@ -26,6 +27,7 @@ from genbench.models.base import (
     evaluating,
     require,
 )
+from genbench.models.cgan import ClassConditionalSampling
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import plan_resolution, widths
 from genbench.models.registry import register_model
@@ -258,12 +260,8 @@ class HingeGAN(GenerativeModel):
 
     def build_optimizers(self):
         c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.g_learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.d_learning_rate,
-                                              betas=betas),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, c, c.g_learning_rate,
+                                    c.d_learning_rate)
         return self.optimizers
 
     def orthogonal_regulariser(self) -> torch.Tensor:
@@ -279,28 +277,22 @@ class HingeGAN(GenerativeModel):
 
     def hinge_step(self, batch: torch.Tensor, ctx: StepContext, labels: torch.Tensor | None = None):
         """One discriminator step, then one generator step, on ``batch`` (and its ``labels``)."""
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
-        with ctx.autocast():
-            fake = self.generator(z, labels)
-            real_logits = self.discriminator(batch, labels)
-            fake_logits = self.discriminator(fake.detach(), labels)
-            d_loss = hinge_d_loss(real_logits.float(), fake_logits.float())
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        discriminate = lambda x: self.discriminator(x, labels)
+        d = discriminator_step(ctx, self.optimizers["discriminator"], batch,
+                               lambda: self.generator(z, labels), discriminate,
+                               loss=lambda real, fake: hinge_d_loss(real.float(), fake.float()))
 
         with ctx.autocast():
-            g_loss = hinge_g_loss(self.discriminator(fake, labels).float())
-        losses = {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                  "d_real": real_logits.float().mean().item(), "d_fake": fake_logits.float().mean().item()}
+            g_loss = hinge_g_loss(discriminate(d.fake).float())
+        losses = {"d_loss": d.loss.item(), "g_loss": g_loss.item(),
+                  "d_real": d.real_logits.float().mean().item(),
+                  "d_fake": d.fake_logits.float().mean().item()}
         if self.config.orthogonal_weight > 0:
             penalty = self.orthogonal_regulariser()
             g_loss = g_loss + penalty
             losses["orthogonal"] = penalty.item()
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
+        optimizer_step(ctx, self.optimizers["generator"], g_loss, self.generator.parameters())
         return losses
 
 
@@ -351,7 +343,7 @@ class BigGANConfig(SAGANConfig):
 
 
 @register_model("biggan")
-class BigGAN(HingeGAN):
+class BigGAN(ClassConditionalSampling, HingeGAN):
     """Class-conditional SAGAN with BigGAN's tricks (Brock et al., 2019): conditional batch norm,
     projection D, orthogonal regularisation, truncation.
 
@@ -390,11 +382,6 @@ class BigGAN(HingeGAN):
         return self.hinge_step(batch, ctx, self.check_labels(labels, batch.shape[0]))
 
     @evaluating
-    def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``G(z, y)`` for ``z [B, latent_dim]`` and int64 ``labels [B]``: ``[B, C, H, W]`` in ``[-1, 1]``."""
-        return self.generator(z, self.check_labels(labels, z.shape[0])).float()
-
-    @evaluating
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -403,11 +390,3 @@ class BigGAN(HingeGAN):
         the labels."""
         z = self.latents(n, generator)
         return self.generator(z, self.check_labels(labels, n, generator)).float()
-
-    def per_class_samples(self, n_per_class: int,
-                          generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
-        """``{class: [n_per_class, C, H, W] in [-1, 1]}`` for every class, drawn with ``generator``
-        (what the per-class metrics of class-conditional models use)."""
-        return {k: self.sample(n_per_class, generator,
-                               torch.full((n_per_class,), k, dtype=torch.long, device=self.device))
-                for k in range(self.config.num_classes)}

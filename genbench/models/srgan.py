@@ -10,6 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.models.adversarial import (
+    adam_pair,
+    discriminator_step,
+    non_saturating_g_loss,
+    optimizer_step,
+)
 from genbench.models.base import ModelConfig, StepContext, evaluating, require
 from genbench.models.layers import MAX_WIDTH, plan_resolution, widths
 from genbench.models.paired import PairedTranslator, bicubic_upsample, downsample, fit_to
@@ -164,13 +170,7 @@ class SRGAN(PairedTranslator):
         self._frozen: dict[str, nn.Module] = {}
 
     def build_optimizers(self):
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.learning_rate,
-                                              betas=betas),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, self.config)
         return self.optimizers
 
     def degrade(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,34 +210,16 @@ class SRGAN(PairedTranslator):
         return F.mse_loss(output.float(), target.float())
 
     def train_step(self, batch, step, ctx: StepContext):
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         self.remember(batch)
         source = self.degrade(batch)  # [B, C, H/4, W/4]
-        with ctx.autocast():
-            fake = self.generator(source)  # [B, C, H, W]
-            real_logits = self.discriminator(batch)
-            fake_logits = self.discriminator(fake.detach())
-            d_loss = F.binary_cross_entropy_with_logits(
-                real_logits, torch.ones_like(real_logits)
-            ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        d = discriminator_step(ctx, self.optimizers["discriminator"], batch,
+                               lambda: self.generator(source), self.discriminator)  # fakes [B, C, H, W]
 
         with ctx.autocast():
-            gen_logits = self.discriminator(fake)
-            adversarial = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+            adversarial = non_saturating_g_loss(self.discriminator(d.fake))
         with ctx.full_precision():
-            content = self.content(fake, batch)
+            content = self.content(d.fake, batch)
             g_loss = content + self.config.adversarial_weight * adversarial.float()
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "content": content.item(),
-            "adversarial": adversarial.item(),
-            "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-        }
+        optimizer_step(ctx, self.optimizers["generator"], g_loss, self.generator.parameters())
+        return {"d_loss": d.loss.item(), "g_loss": g_loss.item(), "content": content.item(),
+                "adversarial": adversarial.item(), **d.probabilities()}

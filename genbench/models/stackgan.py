@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.models.adversarial import adam, discriminator_probabilities, optimizer_step
 from genbench.models.base import StepContext, evaluating, require
 from genbench.models.cgan import CGANConfig, ClassConditionalGAN
 from genbench.models.layers import DownBlock, plan_resolution, widths
@@ -295,13 +296,11 @@ class StackGAN(ClassConditionalGAN):
 
     def build_optimizers(self):
         c = self.config
-        betas = (c.beta1, c.beta2)
         self.optimizers = {}
         for name, stage in (("1", self.stage1), ("2", self.stage2)):
             generator = list(stage.generator.parameters()) + list(stage.augment.parameters())
-            self.optimizers[f"generator{name}"] = torch.optim.Adam(generator, c.learning_rate, betas=betas)
-            self.optimizers[f"discriminator{name}"] = torch.optim.Adam(
-                stage.discriminator.parameters(), c.learning_rate, betas=betas)
+            self.optimizers[f"generator{name}"] = adam(generator, c.learning_rate, c)
+            self.optimizers[f"discriminator{name}"] = adam(stage.discriminator, c.learning_rate, c)
         return self.optimizers
 
     def downscale(self, images: torch.Tensor) -> torch.Tensor:
@@ -369,21 +368,16 @@ class StackGAN(ClassConditionalGAN):
                 d_loss = real_loss + 0.5 * (wrong_loss + fake_loss)
             else:
                 d_loss = real_loss + fake_loss
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d_loss)
-        ctx.step(opt_d)
+        optimizer_step(ctx, opt_d, d_loss)
 
         with ctx.autocast():
             gen_logits = stage.discriminator(fake, labels)
             g_loss = bce(gen_logits, torch.ones_like(gen_logits))
         total = g_loss + c.kl_weight * kl.mean() / c.condition_dim
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(total, inputs=opt_g.param_groups[0]["params"])
-        ctx.step(opt_g)
+        optimizer_step(ctx, opt_g, total, opt_g.param_groups[0]["params"])
         return {f"d{name}_loss": d_loss.item(), f"g{name}_loss": g_loss.item(),
                 f"kl{name}": kl.mean().item(),
-                f"d{name}_real": torch.sigmoid(real_logits.float()).mean().item(),
-                f"d{name}_fake": torch.sigmoid(fake_logits.float()).mean().item()}
+                **discriminator_probabilities(real_logits, fake_logits, suffix=name)}
 
     def train_step(self, batch, step, ctx: StepContext, labels: torch.Tensor | None = None):
         """Stage I and/or Stage II steps (see ``stage2_start``); ``labels`` int64 ``[B]`` (uniform

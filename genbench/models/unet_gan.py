@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.models.adversarial import adam_pair, optimizer_step
 from genbench.models.base import ModelConfig, StepContext, require
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import plan_resolution, widths
@@ -160,12 +161,8 @@ class UNetGAN(LatentGenerator):
 
     def build_optimizers(self):
         c = self.config
-        betas = (c.beta1, c.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), c.g_learning_rate, betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), c.d_learning_rate,
-                                              betas=betas),
-        }
+        self.optimizers = adam_pair(self.generator, self.discriminator, c, c.g_learning_rate,
+                                    c.d_learning_rate)
         return self.optimizers
 
     def cutmix_chance(self, step: int) -> float:
@@ -200,16 +197,12 @@ class UNetGAN(LatentGenerator):
         with ctx.autocast():
             fake = self.generator(z)
             d = self.discriminator_losses(batch, fake.detach(), mask)
-        opt_d.zero_grad(set_to_none=True)
-        ctx.backward(d["d_loss"])
-        ctx.step(opt_d)
+        optimizer_step(ctx, opt_d, d["d_loss"])
 
         with ctx.autocast():
             gen_image, gen_pixels = self.discriminator(fake)
             g_loss = bce(gen_image, 1.0) + bce(gen_pixels, 1.0)
-        opt_g.zero_grad(set_to_none=True)
-        ctx.backward(g_loss, inputs=self.generator.parameters())
-        ctx.step(opt_g)
+        optimizer_step(ctx, opt_g, g_loss, self.generator.parameters())
         losses = {
             "d_loss": d["d_loss"].item(),
             "g_loss": g_loss.item(),
