@@ -2,9 +2,11 @@
 
 Prints one table (genbench's figure, the comparison's figure measured in the same run, their
 ratio, the target) and writes it to ``results/bench/bench.csv`` with the machine it ran on.
-Nothing else should run on the machine meanwhile: the figures are wall times.
+Nothing else should run on the machine meanwhile: the figures are wall times. The ``gpu`` section
+(``benchmarks/bench_gpu.py``) runs only where ``torch.cuda.is_available()``: elsewhere it is skipped
+with one printed line.
 
-    python -m benchmarks.bench [--quick] [--only harness,likelihood,kernels] [--no-standard]
+    python -m benchmarks.bench [--quick] [--only likelihood,kernels,harness,gpu] [--no-standard]
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the genbench CLI sets it
 
-SECTIONS = ("likelihood", "kernels", "harness")
+SECTIONS = ("likelihood", "kernels", "harness", "gpu")
+GPU_SKIPPED = "gpu: skipped, no CUDA GPU here (torch.cuda.is_available() is False): no GPU rows"
 COLUMNS = ["item", "genbench", "comparison", "ratio", "unit", "target", "met", "note"]
 
 
@@ -81,7 +84,16 @@ def main() -> None:
 
     for section in sections:
         print(f"--- {section}", file=sys.stderr, flush=True)
-        if section == "harness":
+        if section == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                print(GPU_SKIPPED, flush=True)
+                continue
+            from benchmarks import bench_gpu
+
+            section_rows = bench_gpu.rows(args.quick, device="cuda")
+        elif section == "harness":
             from benchmarks import bench_harness
 
             section_rows = bench_harness.harness_rows(args.quick)
@@ -99,6 +111,9 @@ def main() -> None:
         # while, and an interrupted run keeps what it measured.
         print_rows(section_rows)
         write_csv(rows, Path(args.csv), header() + " (partial)")
+    if not rows:  # every section asked for was skipped: keep the previous table
+        print(f"no rows measured; {args.csv} left as it was")
+        return
     print(header())
     print_rows(rows)
     write_csv(rows, Path(args.csv), header())

@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -48,61 +50,140 @@ def _spec(model: str, steps: int) -> RunSpec:
     return RunSpec(model, config.to_dict(), DataConfig("mnist"), train, "standard", seed=0)
 
 
-def _harness_images_per_s(spec: RunSpec) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        result = fit(spec, out, device="cpu", progress=False, allow_download=False)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _SynchronizedClock:
+    """``time`` for the harness module, its ``perf_counter`` reading the clock only after
+    ``torch.cuda.synchronize``: the harness's own training clock then counts queued GPU work."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def perf_counter(self) -> float:
+        _synchronize(self.device)
+        return time.perf_counter()
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def _harness_images_per_s(spec: RunSpec, device: str = "cpu", amp: bool = False) -> float:
+    """Images/s of ``fit`` by its own training clock (checkpoint writes excluded). On CUDA, with
+    ``amp`` as ``fit``'s mixed precision, torch's default (non-deterministic) algorithms, as a fresh
+    CLI process has them, and the clock read after ``torch.cuda.synchronize``."""
+    from genbench.training import harness
+
+    torch_device = torch.device(device)
+    clock = contextlib.nullcontext()
+    if torch_device.type == "cuda":
+        torch.use_deterministic_algorithms(False)  # a CPU fit earlier in this process turned them on
+        clock = mock.patch.object(harness, "time", _SynchronizedClock(torch_device))
+    with tempfile.TemporaryDirectory() as out, clock:
+        result = fit(spec, out, device=device, progress=False, allow_download=False, amp=amp)
     return spec.train.steps * spec.train.batch_size / result.train_time_s
 
 
-def _gan_step(model, batch):
+class _Precision:
+    """The hand loop's mixed precision as torch's AMP recipe has it and ``StepContext`` does it:
+    float16 autocast for the forward passes, one ``GradScaler`` scaling every loss and stepping
+    every optimizer, updated once per training step. Off: plain ``backward`` and ``step``."""
+
+    def __init__(self, amp: bool):
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+
+    def full_precision(self) -> contextlib.AbstractContextManager:
+        if self.scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", enabled=False)
+
+    def backward(self, loss: torch.Tensor, inputs=None) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward(inputs=inputs)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+
+    def update(self) -> None:
+        if self.scaler is not None:
+            self.scaler.update()
+
+
+def _gan_step(model, batch, precision: _Precision):
     g, d = model.generator, model.discriminator
     opt_g, opt_d = model.optimizers["generator"], model.optimizers["discriminator"]
-    fake = g(torch.randn(batch.shape[0], model.config.latent_dim))
-    real_logits, fake_logits = d(batch), d(fake.detach())
-    d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    with precision.autocast():
+        fake = g(torch.randn(batch.shape[0], model.config.latent_dim, device=batch.device))
+        real_logits, fake_logits = d(batch), d(fake.detach())
+        d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
     opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    gen_logits = d(fake)
-    g_loss = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+    precision.backward(d_loss)
+    precision.step(opt_d)
+    with precision.autocast():
+        gen_logits = d(fake)
+        g_loss = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
     opt_g.zero_grad(set_to_none=True)
-    g_loss.backward(inputs=list(g.parameters()))
-    opt_g.step()
+    precision.backward(g_loss, inputs=list(g.parameters()))
+    precision.step(opt_g)
     return d_loss, g_loss
 
 
-def _vae_step(model, batch):
+def _vae_step(model, batch, precision: _Precision):
     target = model.observed(batch)
-    posterior = model._posterior(model._encoder_input(target))
-    logits = model.decoder(posterior.rsample())
-    reconstruction = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch.shape[0]
-    kl = D.kl_divergence(posterior, model.prior()).mean()
-    loss = reconstruction + kl
+    with precision.autocast():
+        posterior = model._posterior(model._encoder_input(target))
+        logits = model.decoder(posterior.rsample())
+    with precision.full_precision():
+        reconstruction = (F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum")
+                          / batch.shape[0])
+        kl = D.kl_divergence(posterior, model.prior()).mean()
+        loss = reconstruction + kl
     optimizer = model.optimizers["adam"]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    precision.backward(loss)
+    precision.step(optimizer)
     return (loss,)
 
 
-def _hand_loop_images_per_s(spec: RunSpec, deterministic: bool = True) -> float:
-    """The same networks, optimizers and losses in the plainest loop a user would write, under
-    the harness's global settings (``deterministic=False``: torch's defaults)."""
-    seed_everything(spec.seed, torch.device("cpu"))
+def _hand_loop_images_per_s(spec: RunSpec, deterministic: bool | None = None, device: str = "cpu",
+                            amp: bool = False) -> float:
+    """The same networks, optimizers and losses in the plainest loop a user would write, on
+    ``device``, under the harness's global settings there (``deterministic``: None for the
+    harness's, deterministic algorithms on the CPU only; False: torch's defaults). ``amp`` (CUDA
+    only): float16 autocast and a GradScaler, see :class:`_Precision`."""
+    torch_device = torch.device(device)
+    if amp and torch_device.type != "cuda":
+        raise ValueError("the hand loop's mixed precision needs a CUDA device, as the harness's")
+    seed_everything(spec.seed, torch_device)
+    if deterministic is None:
+        deterministic = torch_device.type == "cpu"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    images = to_model_range(load_images("mnist", "train", allow_download=False).images)
-    model = build_model(spec, tuple(images.shape[1:]))
+    images = to_model_range(load_images("mnist", "train", allow_download=False).images).to(torch_device)
+    model = build_model(spec, tuple(images.shape[1:])).to(torch_device)
     model.build_optimizers()
     model.train()
     step_fn = {"gan": _gan_step, "vae": _vae_step}[spec.model]
+    precision = _Precision(amp)
     batch_size, log_every = spec.train.batch_size, spec.train.log_every
+    _synchronize(torch_device)
     started = time.perf_counter()
     for step in range(spec.train.steps):
-        batch = images[torch.randint(len(images), (batch_size,))]
-        losses = step_fn(model, batch)
+        batch = images[torch.randint(len(images), (batch_size,), device=torch_device)]
+        losses = step_fn(model, batch, precision)
+        precision.update()
         if (step + 1) % log_every == 0:
             [loss.item() for loss in losses]
+    _synchronize(torch_device)
     images_per_s = spec.train.steps * batch_size / (time.perf_counter() - started)
     torch.use_deterministic_algorithms(False)
     return images_per_s

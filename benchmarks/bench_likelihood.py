@@ -88,7 +88,7 @@ class MLPVAE(nn.Module):
             nn.Linear(HIDDEN, PIXELS), nn.Unflatten(1, IMAGE))
 
     def prior(self) -> D.Distribution:
-        zeros = torch.zeros(LATENT)
+        zeros = torch.zeros(LATENT, device=self.decoder[0].weight.device)  # on the model's device
         return D.Independent(D.Normal(zeros, torch.ones_like(zeros)), 1)
 
     def approximate_posterior(self, x: torch.Tensor) -> D.Distribution:
@@ -140,21 +140,33 @@ def _adam_steps(model: MLPVAE, x: torch.Tensor, steps: int, generator: torch.Gen
         optimizer.step()
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls, after one untimed warm-up call."""
+def synchronize(device: str | torch.device = "cpu") -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); nothing on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], repeats: int, device: str | torch.device = "cpu") -> float:
+    """Seconds of the fastest of ``repeats`` calls, after one untimed warm-up call; on a CUDA
+    ``device`` the clock is read only after ``torch.cuda.synchronize``."""
     fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         started = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return min(times)
 
 
-def matmul_peak(n: int, repeats: int) -> float:
-    """float32 FLOP/s of ``[n, n] @ [n, n]``: ``2 n^3`` FLOPs over the best time."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / best_time(lambda: a @ b, max(repeats, 5))
+def matmul_peak(n: int, repeats: int, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of ``[n, n] @ [n, n]`` in ``dtype`` on ``device``: ``2 n^3`` FLOPs over the best time."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / best_time(lambda: a @ b, max(repeats, 5), device)
 
 
 def per_example_loop(
@@ -167,7 +179,7 @@ def per_example_loop(
     ``log mean w`` and ``log sum w^2`` (for the standard error), ``[N]`` each. ``fused`` scores
     ``log p(x|z)`` with genbench's own scorer instead, which leaves batching as the only difference.
     """
-    log_mean = torch.empty(x.shape[0], dtype=torch.float64)
+    log_mean = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     log_sum_sq = torch.empty_like(log_mean)
     scorer = _Observation(model)
     with torch.inference_mode():
@@ -193,7 +205,10 @@ def row(item, genbench, comparison=None, ratio=None, unit="", target="", met=Non
             "met": met, "note": note}
 
 
-def importance_sampling_rows(model, x, sizes: Sizes, peak: float, threads: str) -> list[dict]:
+def importance_sampling_rows(model, x, sizes: Sizes, peak: float, threads: str,
+                             device: str | torch.device = "cpu") -> list[dict]:
+    """IS rows for ``model`` and ``x`` on ``device`` (both already there); ``threads`` ends every
+    note (the thread count, or the device)."""
     rows, fractions = [], {}
     for k, target in ((100, IS_TARGET_RATIO), (5000, 1.0)):
         n = max(2, sizes.samples // k)
@@ -201,8 +216,8 @@ def importance_sampling_rows(model, x, sizes: Sizes, peak: float, threads: str) 
         generator = torch.Generator().manual_seed(k)
         genbench = n * k / best_time(
             lambda: log_likelihood(model, x_n, method="is", num_samples=k, generator=generator),  # noqa: B023
-            sizes.repeats)
-        loop = n * k / best_time(lambda: per_example_loop(model, x_n, k), sizes.repeats)  # noqa: B023
+            sizes.repeats, device)
+        loop = n * k / best_time(lambda: per_example_loop(model, x_n, k), sizes.repeats, device)  # noqa: B023
         ratio = genbench / loop
         fractions[k] = genbench * DECODER_FLOPS / peak
         rows.append(row(
@@ -214,7 +229,7 @@ def importance_sampling_rows(model, x, sizes: Sizes, peak: float, threads: str) 
             f"ratio = genbench / loop (> 1: genbench faster); {threads}"))
         if k == 100:  # the same loop scoring with genbench's fused log-probability: batching alone
             fused = n * k / best_time(lambda: per_example_loop(model, x_n, k, fused=True),  # noqa: B023
-                                      sizes.repeats)
+                                      sizes.repeats, device)
             rows.append(row(
                 f"IS throughput, k={k}, loop with genbench's log p(x|z)", genbench, fused,
                 genbench / fused, "examples*samples/s",
