@@ -146,8 +146,8 @@ def test_budgets_get_separate_tables_and_mixed_settings_are_flagged(store):
     write_run(store, "gvae", 100, 0, 0.5, 1.0, budget="standard")
     write_run(store, "gvae", 100, 7, 0.02, 300.0, mmd_settings={"num_x": 999, "real_reference": -0.0002})
     tables = build_tables(collect_results(store))
-    assert [t.budget for t in tables] == ["smoke", "standard"]
-    smoke = tables[0]
+    assert [t.budget for t in tables] == ["standard", "smoke"]  # the longer training first
+    smoke = tables[1]
     row = next(r for r in smoke.rows if r.key.get("model") == "gvae" and r.key.get("latent_dim") == 100)
     assert row.cells["mmd"].n == 4 and row.cells["mmd"].mixed_settings
     assert any("different estimator settings" in note for note in smoke.notes)
@@ -305,3 +305,21 @@ def test_a_column_no_model_has_a_value_for_is_left_out(tmp_path):
     [table] = build_tables(collect_results(tmp_path))
     assert [c.name for c in table.columns] == ["mmd"]  # log p(x) and KL are n/a for every GAN row
     assert all(set(r.cells) == {"mmd"} for r in table.rows)
+
+
+def test_models_with_different_defaults_are_not_a_sweep(tmp_path):
+    # InfoGAN's 62 latent dimensions beside a GAN's 100 are defaults, not a latent-size study:
+    # one row per model, no latent_dim column, no plots against it.
+    write_run(tmp_path, "gan", 100, 0, 0.01, None)
+    write_run(tmp_path, "gan", 100, 1, 0.02, None)
+    write_run(tmp_path, "vae", 62, 0, 0.03, -90.0)
+    frame = collect_results(tmp_path)
+    [table] = build_tables(frame)
+    assert table.group_by == ["model"]
+    assert [r.key["model"] for r in table.rows if r.kind == ROW_MODEL] == ["gan", "vae"]
+    # Within one model, a second value is a sweep again.
+    write_run(tmp_path, "vae", 500, 1, 0.04, -95.0)
+    [table] = build_tables(collect_results(tmp_path))
+    assert table.group_by == ["model", "latent_dim"]
+    report = write_report(tmp_path, baselines=None)
+    assert any("vs-latent_dim" in p.name for p in report.files)

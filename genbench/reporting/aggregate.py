@@ -51,6 +51,8 @@ DATA_SPACE_METRICS = ("log_likelihood", "elbo")
 DATA_SPACE_LABELS = {"binarized": "binarized", "continuous": "continuous"}
 SPACE_SEPARATOR = "@"
 
+BUDGET_ORDER = ["paper", "standard", "smoke"]
+
 ROW_MODEL = "model"
 ROW_REFERENCE = "reference"
 ROW_PUBLISHED = "published"
@@ -233,11 +235,13 @@ def _real_reference(rows: pd.DataFrame) -> list[float]:
 
 
 def default_group_by(frame: pd.DataFrame) -> list[str]:
-    """``model`` plus every swept parameter of this frame that has more than one value."""
+    """``model`` plus every parameter swept within a model of this frame (more than one value
+    among one model's runs). Models differ in their defaults (InfoGAN's 62 latent dimensions
+    beside a GAN's 64): that is no sweep, and makes neither rows nor plots against it."""
     parameters = frame.attrs.get("parameters", [])
     group = ["model"]
     for key in parameters:
-        if key in frame and frame[key].nunique(dropna=True) > 1:
+        if key in frame and len(frame) and frame.groupby("model")[key].nunique(dropna=True).max() > 1:
             group.append(key)
     return group
 
@@ -264,8 +268,8 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
     are appended, marked as published."""
     frame = frame[frame["metric"].fillna("") != ""]
     frame = frame[(frame["split"] == split) | (frame["run_status"] == "samples")]
-    group_by = list(group_by or default_group_by(frame))
-    missing = [key for key in group_by if key not in frame.columns]
+    requested = list(group_by or [])
+    missing = [key for key in requested if key not in frame.columns]
     if missing:
         from genbench.core.errors import UsageError
 
@@ -276,11 +280,19 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
     families = frame["model"].map(model_family)
     for (dataset, budget, family), part in frame.assign(_family=families).groupby(
             ["dataset", "budget", "_family"], sort=True, dropna=False):
+        part = part.drop(columns="_family")
+        part.attrs = frame.attrs
         # Published anchors are unconditional models: they belong beside the first wave only.
-        table = _build_table(part.drop(columns="_family"), str(dataset), str(budget), split,
-                             group_by, metrics, None if family else published)
+        table = _build_table(part, str(dataset), str(budget), split,
+                             requested or default_group_by(part), metrics,
+                             None if family else published)
         table.family = family
         tables.append(table)
+    # The longest-trained budget first: it is the one a reader came for; then the datasets by
+    # name and the families (unconditional, conditional, paired).
+    family_order = {"": 0, FAMILY_CONDITIONAL: 1, FAMILY_PAIRED: 2}
+    tables.sort(key=lambda t: (BUDGET_ORDER.index(t.budget) if t.budget in BUDGET_ORDER
+                               else len(BUDGET_ORDER), t.dataset, family_order.get(t.family, 3)))
     return tables
 
 
