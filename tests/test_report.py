@@ -323,3 +323,16 @@ def test_models_with_different_defaults_are_not_a_sweep(tmp_path):
     assert table.group_by == ["model", "latent_dim"]
     report = write_report(tmp_path, baselines=None)
     assert any("vs-latent_dim" in p.name for p in report.files)
+
+
+def test_tables_from_a_read_back_csv_with_entries_that_have_no_status(tmp_path):
+    folder = write_run(tmp_path, "gan", 100, 0, 0.01, None)
+    write_run(tmp_path, "gan", 100, 1, 0.02, None)
+    write_run(tmp_path, "vae", 100, 0, 0.03, -90.0)
+    document = json.loads((folder / "metrics.json").read_text())
+    del document["metrics"]["log_likelihood"]["status"]  # an older file: no status, no value
+    (folder / "metrics.json").write_text(json.dumps(document))
+    frame = read_results_csv(write_results_csv(tmp_path))  # empty CSV fields come back as NaN
+    [table] = build_tables(frame)
+    gan = next(r for r in table.rows if r.key["model"] == "gan")
+    assert gan.cells["log_likelihood"].status == "n/a" and gan.cells["mmd"].n == 2

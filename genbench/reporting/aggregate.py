@@ -35,6 +35,9 @@ METRIC_LABELS = {
     "reconstruction_mse": "recon. MSE",
     "reconstruction_error_normalized": "recon. error",
     "memorisation_nn_ratio": "NN ratio",
+    "ms_ssim_per_class": "MS-SSIM per class",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
 }
 # Units worth printing in a header; the others are dimensionless scores or named by the label.
 HEADER_UNITS = {"nats": "nats", "units": "units", "MSE per pixel": "per pixel"}
@@ -335,7 +338,7 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
                 cell = summarise(ok["value"].astype(float).tolist())
                 cell.mixed_settings = ok["settings"].map(_settings_fingerprint).nunique() > 1
             elif len(rows_m):
-                cell = Cell(status="n/a", note="; ".join(sorted(set(rows_m["status"].astype(str)))))
+                cell = Cell(status="n/a", note="; ".join(sorted(set(rows_m["status"].fillna("").astype(str)))))
             else:
                 cell = Cell(status="missing")
             cells[column.name] = cell
