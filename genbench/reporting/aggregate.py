@@ -338,7 +338,8 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
                 cell = summarise(ok["value"].astype(float).tolist())
                 cell.mixed_settings = ok["settings"].map(_settings_fingerprint).nunique() > 1
             elif len(rows_m):
-                cell = Cell(status="n/a", note="; ".join(sorted(set(rows_m["status"].fillna("").astype(str)))))
+                statuses = rows_m["status"].fillna("").astype(str)
+                cell = Cell(status="n/a", note="; ".join(sorted(set(statuses))))
             else:
                 cell = Cell(status="missing")
             cells[column.name] = cell
