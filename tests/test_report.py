@@ -336,3 +336,14 @@ def test_tables_from_a_read_back_csv_with_entries_that_have_no_status(tmp_path):
     [table] = build_tables(frame)
     gan = next(r for r in table.rows if r.key["model"] == "gan")
     assert gan.cells["log_likelihood"].status == "n/a" and gan.cells["mmd"].n == 2
+
+
+def test_models_without_a_prior_get_a_reconstruction_table(store):
+    from genbench.reporting.aggregate import FAMILY_RECONSTRUCTION, model_family
+
+    assert model_family("deepsim-inversion") == FAMILY_RECONSTRUCTION and model_family("gvae") == ""
+    write_run(store, "deepsim-inversion", 100, 0, None, None)
+    first, reconstruction = build_tables(collect_results(store))
+    assert reconstruction.name == "mnist-smoke-test-reconstruction"
+    assert [r.key["model"] for r in reconstruction.rows] == ["deepsim-inversion"]
+    assert "deepsim-inversion" not in {r.key["model"] for r in first.rows}

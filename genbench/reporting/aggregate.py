@@ -99,6 +99,9 @@ FAMILY_CONDITIONAL = "conditional"
 # its trivial baseline, so they are compared with neither the generative models nor, in bold,
 # with each other in a way that means much; they get their own table.
 FAMILY_PAIRED = "paired"
+# Models without a prior (DeePSiM feature inversion): only reconstruction metrics apply, and
+# their rows (one per inverted layer) would crowd the generative models' table.
+FAMILY_RECONSTRUCTION = "reconstruction"
 
 
 @dataclass
@@ -293,9 +296,9 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
         tables.append(table)
     # The longest-trained budget first: it is the one a reader came for; then the datasets by
     # name and the families (unconditional, conditional, paired).
-    family_order = {"": 0, FAMILY_CONDITIONAL: 1, FAMILY_PAIRED: 2}
+    family_order = {"": 0, FAMILY_CONDITIONAL: 1, FAMILY_PAIRED: 2, FAMILY_RECONSTRUCTION: 3}
     tables.sort(key=lambda t: (BUDGET_ORDER.index(t.budget) if t.budget in BUDGET_ORDER
-                               else len(BUDGET_ORDER), t.dataset, family_order.get(t.family, 3)))
+                               else len(BUDGET_ORDER), t.dataset, family_order.get(t.family, 4)))
     return tables
 
 
@@ -311,6 +314,8 @@ def model_family(model: Any) -> str:
     model_class = MODELS.get(str(model))
     if callable(getattr(model_class, "translate", None)):
         return FAMILY_PAIRED
+    if not getattr(model_class, "can_sample", True):
+        return FAMILY_RECONSTRUCTION
     return FAMILY_CONDITIONAL if getattr(model_class, "conditional", False) else ""
 
 
