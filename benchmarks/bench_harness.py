@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 
 from genbench.data import load_images, to_model_range
+from genbench.models.base import StepContext
 from genbench.training import DataConfig, RunSpec, fit
 from genbench.training.budgets import train_config_for
 from genbench.training.environment import seed_everything
@@ -86,39 +87,7 @@ def _harness_images_per_s(spec: RunSpec, device: str = "cpu", amp: bool = False)
     return spec.train.steps * spec.train.batch_size / result.train_time_s
 
 
-class _Precision:
-    """The hand loop's mixed precision as torch's AMP recipe has it and ``StepContext`` does it:
-    float16 autocast for the forward passes, one ``GradScaler`` scaling every loss and stepping
-    every optimizer, updated once per training step. Off: plain ``backward`` and ``step``."""
-
-    def __init__(self, amp: bool):
-        self.scaler = torch.amp.GradScaler("cuda") if amp else None
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.scaler is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-
-    def full_precision(self) -> contextlib.AbstractContextManager:
-        if self.scaler is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", enabled=False)
-
-    def backward(self, loss: torch.Tensor, inputs=None) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward(inputs=inputs)
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            optimizer.step()
-        else:
-            self.scaler.step(optimizer)
-
-    def update(self) -> None:
-        if self.scaler is not None:
-            self.scaler.update()
-
-
-def _gan_step(model, batch, precision: _Precision):
+def _gan_step(model, batch, precision: StepContext):
     g, d = model.generator, model.discriminator
     opt_g, opt_d = model.optimizers["generator"], model.optimizers["discriminator"]
     with precision.autocast():
@@ -138,7 +107,7 @@ def _gan_step(model, batch, precision: _Precision):
     return d_loss, g_loss
 
 
-def _vae_step(model, batch, precision: _Precision):
+def _vae_step(model, batch, precision: StepContext):
     target = model.observed(batch)
     with precision.autocast():
         posterior = model._posterior(model._encoder_input(target))
@@ -160,7 +129,8 @@ def _hand_loop_images_per_s(spec: RunSpec, deterministic: bool | None = None, de
     """The same networks, optimizers and losses in the plainest loop a user would write, on
     ``device``, under the harness's global settings there (``deterministic``: None for the
     harness's, deterministic algorithms on the CPU only; False: torch's defaults). ``amp`` (CUDA
-    only): float16 autocast and a GradScaler, see :class:`_Precision`."""
+    only): float16 autocast and one GradScaler through the harness's own ``StepContext``, updated
+    once per step as the harness does."""
     torch_device = torch.device(device)
     if amp and torch_device.type != "cuda":
         raise ValueError("the hand loop's mixed precision needs a CUDA device, as the harness's")
@@ -173,14 +143,15 @@ def _hand_loop_images_per_s(spec: RunSpec, deterministic: bool | None = None, de
     model.build_optimizers()
     model.train()
     step_fn = {"gan": _gan_step, "vae": _vae_step}[spec.model]
-    precision = _Precision(amp)
+    precision = StepContext(torch_device, torch.amp.GradScaler("cuda") if amp else None)
     batch_size, log_every = spec.train.batch_size, spec.train.log_every
     _synchronize(torch_device)
     started = time.perf_counter()
     for step in range(spec.train.steps):
         batch = images[torch.randint(len(images), (batch_size,), device=torch_device)]
         losses = step_fn(model, batch, precision)
-        precision.update()
+        if amp:
+            precision.scaler.update()
         if (step + 1) % log_every == 0:
             [loss.item() for loss in losses]
     _synchronize(torch_device)
