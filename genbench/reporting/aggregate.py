@@ -51,10 +51,7 @@ METRIC_ORDER = ["mmd", "ms_ssim_diversity", "fid", "kid", "isc", "precision", "r
 # and a Gaussian density of dequantized [0, 1] pixels differ by hundreds of nats for the same
 # model. A table whose rows measured these on different data gets one column per data space.
 DATA_SPACE_METRICS = ("log_likelihood", "elbo")
-DATA_SPACE_LABELS = {"binarized": "binarized", "continuous": "continuous"}
 SPACE_SEPARATOR = "@"
-
-BUDGET_ORDER = ["paper", "standard", "smoke"]
 
 ROW_MODEL = "model"
 ROW_REFERENCE = "reference"
@@ -194,8 +191,7 @@ def metric_column(name: str, rows: pd.DataFrame | None = None) -> MetricColumn:
     base, _, space = name.partition(SPACE_SEPARATOR)
     column = _registered_column(base, rows)
     if space:
-        return MetricColumn(name, f"{column.label} ({DATA_SPACE_LABELS.get(space, space)})",
-                            column.direction, column.unit)
+        return MetricColumn(name, f"{column.label} ({space})", column.direction, column.unit)
     return column
 
 
@@ -295,15 +291,23 @@ def build_tables(frame: pd.DataFrame, group_by: list[str] | None = None, split: 
         table.family = family
         tables.append(table)
     # The longest-trained budget first: it is the one a reader came for; then the datasets by
-    # name and the families (unconditional, conditional, paired).
+    # name and the families (unconditional, conditional, paired, reconstruction).
     family_order = {"": 0, FAMILY_CONDITIONAL: 1, FAMILY_PAIRED: 2, FAMILY_RECONSTRUCTION: 3}
-    tables.sort(key=lambda t: (BUDGET_ORDER.index(t.budget) if t.budget in BUDGET_ORDER
-                               else len(BUDGET_ORDER), t.dataset, family_order.get(t.family, 4)))
+    tables.sort(key=lambda t: (-_budget_steps(t.budget), t.dataset, family_order.get(t.family, 4)))
     return tables
+
+
+def _budget_steps(budget: str) -> int:
+    """Training steps of a named budget; 0 for one this version does not know."""
+    from genbench.training.budgets import BUDGET_TRAIN_CONFIGS
+
+    config = BUDGET_TRAIN_CONFIGS.get(budget)
+    return config.steps if config is not None else 0
 
 
 def model_family(model: Any) -> str:
     """``FAMILY_PAIRED`` for a registered image-to-image model (it has ``translate``),
+    ``FAMILY_RECONSTRUCTION`` for one without a prior (``can_sample`` False),
     ``FAMILY_CONDITIONAL`` for a class-conditional one (its samples are drawn per class, so it
     gets a table of its own with per-class diversity), else ``""``. Names this process does not
     know (a user's model, evaluated samples) count as unconditional."""
