@@ -117,6 +117,29 @@ def test_linear_and_categorical_x():
                                                   for d in (1000, 500, 100)])
 
 
+def test_models_run_at_one_value_are_left_off_the_plot(tmp_path):
+    # A GAN at its one latent size of 64 beside the swept models: no line of one point for it,
+    # no x tick at 64, and a metric only it has gets no figure.
+    table = make_table()
+    table.columns.append(MetricColumn("kid", "KID", "lower", ""))
+    table.rows.insert(0, Row(key={"model": "gan", "latent_dim": 64},
+                             cells={"fid": summarise([12.0, 13.0]), "kid": summarise([1.0])},
+                             seeds=2))
+    fig = figures.metric_vs_parameter_figure(table, "fid", "latent_dim")
+    assert set(lines_by_label(fig)) == {"gvae", "vae"}
+    np.testing.assert_array_equal(fig.axes[0].get_xticks(), DIMS)
+    paths = figures.plot_metrics_vs_parameter(table, "latent_dim", tmp_path)
+    assert not [p for p in paths if "kid" in p.name]
+    # A parameter that differs only between models (an explicit --group-by) keeps every line.
+    one_each = make_table()
+    one_each.rows = [r for r in one_each.rows if r.key["latent_dim"] in (100, "")
+                     and r.key["model"] != "vae"]
+    one_each.rows.insert(0, Row(key={"model": "gan", "latent_dim": 64},
+                                cells={"fid": summarise([12.0])}, seeds=1))
+    fig = figures.metric_vs_parameter_figure(one_each, "fid", "latent_dim")
+    assert set(lines_by_label(fig)) == {"gan", "gvae"}
+
+
 def test_unknown_metric_or_parameter_is_an_error():
     table = make_table()
     with pytest.raises(KeyError, match="no metric"):

@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from genbench.core.io import write_bytes
-from genbench.reporting.aggregate import ROW_MODEL, ROW_REFERENCE, ComparisonTable, MetricColumn
+from genbench.reporting.aggregate import (
+    ROW_MODEL,
+    ROW_REFERENCE,
+    ComparisonTable,
+    MetricColumn,
+    Row,
+)
 from genbench.training.rundir import RunDir
 
 DPI = 150
@@ -71,10 +77,27 @@ def _fmt(value: Any) -> str:
 
 
 def _line_keys(table: ComparisonTable, parameter: str) -> list[tuple]:
-    """The lines of a plot, in table order: one per combination of the other group-by values."""
+    """The lines of a plot, in table order: one per combination of the other group-by values
+    that was run at two or more values of ``parameter``. A model trained at one latent size is a
+    point, not a curve against it, and would only crowd the swept models' plot; when no line has
+    two values (``--group-by`` on a parameter that differs only between models), all are kept."""
     others = [k for k in table.group_by if k != parameter]
-    keys = [tuple(r.key.get(k) for k in others) for r in table.rows if r.kind == ROW_MODEL]
-    return list(dict.fromkeys(keys))
+    values: dict[tuple, set] = {}
+    for r in table.rows:
+        if r.kind == ROW_MODEL:
+            x = r.key.get(parameter)
+            values.setdefault(tuple(r.key.get(k) for k in others), set()).update(
+                set() if x in (None, "") else {x})
+    swept = [line for line, xs in values.items() if len(xs) > 1]
+    return swept or list(values)
+
+
+def _plotted_rows(table: ComparisonTable, parameter: str) -> list[Row]:
+    """The model rows on the plot's lines (see :func:`_line_keys`)."""
+    others = [k for k in table.group_by if k != parameter]
+    lines = set(_line_keys(table, parameter))
+    return [r for r in table.rows
+            if r.kind == ROW_MODEL and tuple(r.key.get(k) for k in others) in lines]
 
 
 def _line_label(table: ComparisonTable, parameter: str, line: tuple) -> str:
@@ -87,16 +110,16 @@ def _line_label(table: ComparisonTable, parameter: str, line: tuple) -> str:
 def _x_positions(table: ComparisonTable, parameter: str) -> dict[Any, float] | None:
     """None when every value of ``parameter`` is a number (plot them as they are); otherwise a
     position per value (numbers first, in order, then the rest by name) for a categorical axis."""
-    values = {r.key.get(parameter) for r in table.rows if r.kind == ROW_MODEL} - {None, ""}
+    values = {r.key.get(parameter) for r in _plotted_rows(table, parameter)} - {None, ""}
     if all(_is_number(v) for v in values):
         return None
     order = sorted(values, key=lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
     return {v: float(i) for i, v in enumerate(order)}
 
 
-def _has_values(table: ComparisonTable, metric: str) -> bool:
-    return any(r.kind == ROW_MODEL and metric in r.cells and r.cells[metric].available
-               for r in table.rows)
+def _has_values(table: ComparisonTable, metric: str, parameter: str) -> bool:
+    return any(metric in r.cells and r.cells[metric].available
+               for r in _plotted_rows(table, parameter))
 
 
 def _ylabel(column: MetricColumn) -> str:
@@ -111,10 +134,10 @@ def _draw_metric(ax: Axes, table: ComparisonTable, column: MetricColumn, paramet
     others = [k for k in table.group_by if k != parameter]
     positions = _x_positions(table, parameter)
     points: dict[tuple, list[tuple[float, float, float]]] = defaultdict(list)
-    for row in table.rows:
+    for row in _plotted_rows(table, parameter):
         cell = row.cells.get(column.name)
         x = row.key.get(parameter)
-        if row.kind != ROW_MODEL or cell is None or not cell.available or x in (None, ""):
+        if cell is None or not cell.available or x in (None, ""):
             continue
         line = tuple(row.key.get(k) for k in others)
         x = float(x) if positions is None else positions[x]
@@ -190,7 +213,7 @@ def plot_metrics_vs_parameter(table: ComparisonTable, parameter: str, out_dir: P
     """Per metric with at least one model value, ``<name>-<metric>-vs-<parameter>.png/.pdf``, and
     an overview of them all, ``<name>-metrics-vs-<parameter>.png/.pdf``, in ``out_dir``."""
     out_dir = Path(out_dir)
-    metrics = [c.name for c in table.columns if _has_values(table, c.name)]
+    metrics = [c.name for c in table.columns if _has_values(table, c.name, parameter)]
     paths: list[Path] = []
     for metric in metrics:
         fig = metric_vs_parameter_figure(table, metric, parameter)
