@@ -76,28 +76,28 @@ def _fmt(value: Any) -> str:
 # --- metrics against a parameter -------------------------------------------------------------
 
 
-def _line_keys(table: ComparisonTable, parameter: str) -> list[tuple]:
-    """The lines of a plot, in table order: one per combination of the other group-by values
-    that was run at two or more values of ``parameter``. A model trained at one latent size is a
-    point, not a curve against it, and would only crowd the swept models' plot; when no line has
-    two values (``--group-by`` on a parameter that differs only between models), all are kept."""
-    others = [k for k in table.group_by if k != parameter]
-    values: dict[tuple, set] = {}
-    for r in table.rows:
-        if r.kind == ROW_MODEL:
-            x = r.key.get(parameter)
-            values.setdefault(tuple(r.key.get(k) for k in others), set()).update(
-                set() if x in (None, "") else {x})
-    swept = [line for line, xs in values.items() if len(xs) > 1]
-    return swept or list(values)
+def _line_of(table: ComparisonTable, parameter: str, row: Row) -> tuple:
+    """The line ``row`` belongs to: its values of the group-by keys other than ``parameter``."""
+    return tuple(row.key.get(k) for k in table.group_by if k != parameter)
 
 
 def _plotted_rows(table: ComparisonTable, parameter: str) -> list[Row]:
-    """The model rows on the plot's lines (see :func:`_line_keys`)."""
-    others = [k for k in table.group_by if k != parameter]
-    lines = set(_line_keys(table, parameter))
-    return [r for r in table.rows
-            if r.kind == ROW_MODEL and tuple(r.key.get(k) for k in others) in lines]
+    """The model rows on the plot: those of the lines run at two or more values of
+    ``parameter``. A model trained at one latent size is a point, not a curve against it, and
+    would only crowd the swept models' plot; when no line has two values (``--group-by`` on a
+    parameter that differs only between models), every model row is kept."""
+    rows = [r for r in table.rows if r.kind == ROW_MODEL]
+    values: dict[tuple, set] = defaultdict(set)
+    for row in rows:
+        if row.key.get(parameter) not in (None, ""):
+            values[_line_of(table, parameter, row)].add(row.key.get(parameter))
+    swept = {line for line, xs in values.items() if len(xs) > 1}
+    return [r for r in rows if _line_of(table, parameter, r) in swept] if swept else rows
+
+
+def _line_keys(table: ComparisonTable, parameter: str) -> list[tuple]:
+    """The lines of a plot, in table order (see :func:`_plotted_rows`)."""
+    return list(dict.fromkeys(_line_of(table, parameter, r) for r in _plotted_rows(table, parameter)))
 
 
 def _line_label(table: ComparisonTable, parameter: str, line: tuple) -> str:
@@ -131,7 +131,6 @@ def _draw_metric(ax: Axes, table: ComparisonTable, column: MetricColumn, paramet
     """One metric of ``table`` against ``parameter`` into ``ax``: a line with error bars (std
     over seeds) per combination of the other group-by values, the real-data value dashed."""
     lines = _line_keys(table, parameter)
-    others = [k for k in table.group_by if k != parameter]
     positions = _x_positions(table, parameter)
     points: dict[tuple, list[tuple[float, float, float]]] = defaultdict(list)
     for row in _plotted_rows(table, parameter):
@@ -139,9 +138,9 @@ def _draw_metric(ax: Axes, table: ComparisonTable, column: MetricColumn, paramet
         x = row.key.get(parameter)
         if cell is None or not cell.available or x in (None, ""):
             continue
-        line = tuple(row.key.get(k) for k in others)
         x = float(x) if positions is None else positions[x]
-        points[line].append((x, cell.mean, np.nan if cell.std is None else cell.std))
+        std = np.nan if cell.std is None else cell.std
+        points[_line_of(table, parameter, row)].append((x, cell.mean, std))
     xs_all: set[float] = set()
     for i, line in enumerate(lines):  # colours follow the table's line order, in every subplot
         if not points[line]:
