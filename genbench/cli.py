@@ -445,6 +445,8 @@ def rerun(run_dir, out, metrics, tolerance, device, data_dir, download, progress
     result = rerun_run(run_dir, out, _split_list(metrics) or None, tolerance, device, data_dir,
                        download, progress)
     click.echo(f"saved: {result.original}\nregenerated: {result.regenerated}")
+    for caveat in result.caveats:
+        click.echo(f"genbench: note: {caveat}", err=True)
     click.echo(format_table(["metric", "saved", "regenerated", "difference", "agrees"],
                             comparison_rows(result)))
     if not result.agrees:

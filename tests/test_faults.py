@@ -170,6 +170,9 @@ def test_sigterm_in_process_checkpoints_and_resumes_identically(tmp_path):
     assert 0 < step < 200
     resumed = fit(spec(steps=200), tmp_path / "stopped", device="cpu", progress=False, allow_download=False)
     assert resumed.status == "resumed"
+    threads = torch.get_num_threads()
+    assert json.loads((folder / "config.json").read_text())["thread_history"] == [
+        {"from_step": 0, "torch_threads": threads}]  # one count throughout: one stretch
     a, b = load_checkpoint(whole.run_dir.checkpoint_path), load_checkpoint(folder / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 

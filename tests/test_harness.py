@@ -128,3 +128,17 @@ def test_nan_loss_stops_with_step_and_name_and_keeps_checkpoint(tmp_path):
         assert json.loads((run / "config.json").read_text())["status"] == "failed"
     finally:
         MODELS._entries.pop("exploding")
+
+
+def test_thread_history_adds_a_stretch_only_when_a_resume_changes_the_count():
+    from genbench.training.harness import _thread_history
+
+    assert _thread_history({}, 0, 2) == [{"from_step": 0, "torch_threads": 2}]
+    started = {"torch_threads": 2, "thread_history": [{"from_step": 0, "torch_threads": 2}]}
+    assert _thread_history(started, 150, 2) == started["thread_history"]
+    changed = _thread_history(started, 150, 1)
+    assert changed == [{"from_step": 0, "torch_threads": 2}, {"from_step": 150, "torch_threads": 1}]
+    assert _thread_history({"torch_threads": 1, "thread_history": changed}, 900, 1) == changed
+    # A folder from before the history: its one recorded count is taken as the count from step 0.
+    assert _thread_history({"torch_threads": 2}, 40, 1) == [
+        {"from_step": 0, "torch_threads": 2}, {"from_step": 40, "torch_threads": 1}]

@@ -63,3 +63,23 @@ def test_rerun_refuses_a_folder_without_a_run_and_its_own_results_folder(saved_r
     assert "--out must differ" in usage_error(str(saved_run), "--out", str(saved_run.parents[2]))
     assert "no saved value for fid" in usage_error(str(saved_run), "--out", str(tmp_path / "y"),
                                                    "--metrics", "fid")
+
+
+def test_rerun_of_a_run_resumed_with_other_thread_counts_says_exact_agreement_is_not_expected(
+        saved_run, tmp_path):
+    copy = tmp_path / "resumed" / saved_run.name
+    copy.mkdir(parents=True)
+    for name in ("config.json", "metrics.json"):
+        (copy / name).write_bytes((saved_run / name).read_bytes())
+    config = json.loads((copy / "config.json").read_text())
+    config["thread_history"] = [{"from_step": 0, "torch_threads": 2},
+                                {"from_step": 10, "torch_threads": config["torch_threads"]}]
+    (copy / "config.json").write_text(json.dumps(config))
+    result = genbench("rerun", str(copy), "--out", str(tmp_path / "again"), "--metrics", "mmd",
+                      "--no-progress")
+    assert f"resumed with other torch thread counts (2 from step 0, {config['torch_threads']} " \
+           "from step 10)" in result.stderr
+    # The saved run itself trained with one count throughout: no such note.
+    plain = genbench("rerun", str(saved_run), "--out", str(tmp_path / "plain"), "--metrics", "mmd",
+                     "--no-progress")
+    assert plain.returncode == 0 and "thread counts" not in plain.stderr

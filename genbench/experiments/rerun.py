@@ -46,6 +46,7 @@ class RerunResult:
     original: Path
     regenerated: Path
     comparisons: list[MetricComparison] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # why exact agreement is not expected
 
     @property
     def agrees(self) -> bool:
@@ -105,7 +106,18 @@ def rerun(run_dir: str | Path, out: str | Path, metrics: list[str] | None = None
     regenerated = saved_values(outcome.run_path)
     comparisons = [MetricComparison(name, saved[name], regenerated.get(name), tolerance)
                    for name in names]
-    return RerunResult(original, outcome.run_path, comparisons)
+    return RerunResult(original, outcome.run_path, comparisons, _caveats(config))
+
+
+def _caveats(config: dict[str, Any]) -> list[str]:
+    stretches = config.get("thread_history") or []
+    if len({stretch["torch_threads"] for stretch in stretches}) < 2:
+        return []
+    described = ", ".join(f"{stretch['torch_threads']} from step {stretch['from_step']}"
+                          for stretch in stretches)
+    return [f"the original was resumed with other torch thread counts ({described}) and the "
+            f"rerun used {config.get('torch_threads')} throughout: expect agreement within "
+            "float32 rounding amplified by training, not bit for bit"]
 
 
 def comparison_rows(result: RerunResult) -> list[list[str]]:

@@ -123,6 +123,22 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None
                    format="png")
 
 
+def _thread_history(earlier: dict, start_step: int, threads: int) -> list[dict[str, int]]:
+    """Every stretch of training with its torch thread count, ``[{"from_step", "torch_threads"}]``.
+
+    Thread count changes float32 reduction order, so a run resumed with another count is correct
+    but not bit-identical to an uninterrupted one; the history lets ``genbench rerun`` say so.
+    Folders written before the history existed recorded only their latest count, taken here as
+    the count from step 0.
+    """
+    history = list(earlier.get("thread_history") or [])
+    if not history and earlier.get("torch_threads") is not None:
+        history = [{"from_step": 0, "torch_threads": int(earlier["torch_threads"])}]
+    if not history or history[-1]["torch_threads"] != threads:
+        history.append({"from_step": start_step, "torch_threads": threads})
+    return history
+
+
 class _Interval:
     """Means of each loss over one logging interval."""
 
@@ -313,6 +329,8 @@ def _fit_locked(spec, run_dir, device, fresh, progress, tensorboard, data_dir, a
     if per_rank_batch_norm:
         info["batch_norm"] = (f"per-rank statistics over {spec.train.batch_size // ranks.world_size} "
                               "images (SyncBatchNorm needs CUDA)")
+    info["thread_history"] = _thread_history(earlier if status == "resumed" else {}, start_step,
+                                             info["torch_threads"])
     if status == "resumed" and earlier.get("torch_threads") not in (None, info["torch_threads"]):
         print(f"genbench: warning: resuming {spec.model} seed {spec.seed} with "
               f"{info['torch_threads']} torch threads, not the {earlier['torch_threads']} it started "
