@@ -347,3 +347,25 @@ def test_models_without_a_prior_get_a_reconstruction_table(store):
     assert reconstruction.name == "mnist-smoke-test-reconstruction"
     assert [r.key["model"] for r in reconstruction.rows] == ["deepsim-inversion"]
     assert "deepsim-inversion" not in {r.key["model"] for r in first.rows}
+
+
+def test_rows_and_plot_axis_follow_a_declared_layer_order_not_the_alphabet(tmp_path):
+    from genbench.reporting.figures import metric_vs_parameter_figure
+
+    # DeePSiM inversion declares layer: Literal["conv1", "conv2", "pool", "fc", "logits"].
+    depth = ["conv1", "conv2", "pool", "fc", "logits"]
+    for index, layer in enumerate(["logits", "conv1", "pool", "fc", "conv2"]):
+        folder = write_run(tmp_path, "deepsim-inversion", index, 0, 0.01 * (depth.index(layer) + 1),
+                           None)
+        config = json.loads((folder / "config.json").read_text())
+        config["model_config"] = {"layer": layer, "learning_rate": 0.0002}
+        (folder / "config.json").write_text(json.dumps(config))
+    [table] = build_tables(collect_results(tmp_path))
+    assert table.group_by == ["model", "layer"]
+    model_rows = [r for r in table.rows if r.kind == ROW_MODEL]
+    assert [r.key["layer"] for r in model_rows] == depth
+    assert [r.cells["mmd"].mean for r in model_rows] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])
+    axis = metric_vs_parameter_figure(table, "mmd", "layer").axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == depth
+    line = axis.get_lines()[0]  # mmd grows with depth here, so y follows x when the axis does
+    assert list(line.get_ydata()) == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])

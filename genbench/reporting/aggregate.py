@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -236,6 +236,24 @@ def _real_reference(rows: pd.DataFrame) -> list[float]:
     return values
 
 
+def declared_order(models: list[str], parameter: str) -> list[Any] | None:
+    """The values of ``parameter`` in the order the first of ``models`` with a config field of
+    that name typed ``Literal[...]`` declares them (DeePSiM inversion's layers, conv1 to logits),
+    so rows and plot axes follow the network rather than the alphabet; None when none does."""
+    from genbench.core.errors import UsageError
+    from genbench.models import get_model_class
+
+    for model in models:
+        try:
+            config_class = get_model_class(str(model)).config_class
+        except UsageError:  # a model no longer (or not here) registered
+            continue
+        annotation = get_type_hints(config_class).get(parameter)
+        if get_origin(annotation) is Literal:
+            return list(get_args(annotation))
+    return None
+
+
 def default_group_by(frame: pd.DataFrame) -> list[str]:
     """``model`` plus every parameter swept within a model of this frame (more than one value
     among one model's runs). Models differ in their defaults (InfoGAN's 62 latent dimensions
@@ -336,7 +354,13 @@ def _build_table(part: pd.DataFrame, dataset: str, budget: str, split: str, grou
     columns = [metric_column(m, part[part["metric"] == m]) for m in names]
     rows: list[Row] = []
     keyed = part.assign(**{k: part[k].map(_key_value).astype(object) for k in group_by})
-    for key_values, group in keyed.groupby(group_by, sort=True, dropna=False):
+    models = [m for m in part["model"].dropna().unique()] if "model" in part else []
+    for k in group_by:  # a declared order (layers from input to output) beats the alphabet
+        order = declared_order(models, k)
+        if order:
+            extra = sorted(set(keyed[k].dropna()) - set(order), key=str)
+            keyed[k] = pd.Categorical(keyed[k], categories=[*order, *extra], ordered=True)
+    for key_values, group in keyed.groupby(group_by, sort=True, dropna=False, observed=True):
         key_values = key_values if isinstance(key_values, tuple) else (key_values,)
         key = {k: _key_value(v) for k, v in zip(group_by, key_values)}
         cells = {}

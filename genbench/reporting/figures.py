@@ -26,6 +26,7 @@ from genbench.reporting.aggregate import (
     ComparisonTable,
     MetricColumn,
     Row,
+    declared_order,
 )
 from genbench.training.rundir import RunDir
 
@@ -109,11 +110,16 @@ def _line_label(table: ComparisonTable, parameter: str, line: tuple) -> str:
 
 def _x_positions(table: ComparisonTable, parameter: str) -> dict[Any, float] | None:
     """None when every value of ``parameter`` is a number (plot them as they are); otherwise a
-    position per value (numbers first, in order, then the rest by name) for a categorical axis."""
-    values = {r.key.get(parameter) for r in _plotted_rows(table, parameter)} - {None, ""}
+    position per value for a categorical axis: in the order the models' configs declare (layers
+    from input to output), else numbers first, in order, then the rest by name."""
+    rows = _plotted_rows(table, parameter)
+    values = {r.key.get(parameter) for r in rows} - {None, ""}
     if all(_is_number(v) for v in values):
         return None
-    order = sorted(values, key=lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
+    declared = declared_order(list(dict.fromkeys(r.key.get("model") for r in rows)), parameter) or []
+    order = sorted(values, key=lambda v: (
+        (0, declared.index(v), 0.0, "") if v in declared
+        else (1, 0, float(v), "") if _is_number(v) else (2, 0, 0.0, str(v))))
     return {v: float(i) for i, v in enumerate(order)}
 
 
