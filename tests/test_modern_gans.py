@@ -184,6 +184,76 @@ def test_logan_moves_latents_each_step(method, second_order):
         make("logan", latent_beta=0.0)
 
 
+@pytest.mark.parametrize("name", ["gan", "sagan", "biggan"])
+@pytest.mark.parametrize("method", ["gd", "ngd"])
+def test_latent_optimisation_option_feeds_the_moved_latents_to_the_generator(name, method):
+    model = make(name, latent_method=method, latent_step_size=0.5)
+    batch = torch.rand(8, 1, 28, 28) * 2 - 1
+    labels = torch.arange(8) % 10
+    conditional = name == "biggan"
+    # Expected z': the same z (same seed), moved by optimise_latents on a copy of the model
+    # before the step (the step changes D).
+    copy = make(name, latent_method=method, latent_step_size=0.5)
+    copy.load_state_dict(model.state_dict())
+    torch.manual_seed(7)
+    z = torch.randn(8, model.config.latent_dim)
+    score = ((lambda z: copy.discriminator(copy.generator(z, labels), labels)) if conditional
+             else (lambda z: copy.discriminator(copy.generator(z))))
+    expected = optimise_latents(z, score, 0.5, method, 5.0)
+    seen = []
+    model.generator.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    torch.manual_seed(7)
+    model.train_step(batch, 0, CPU, labels) if conditional else model.train_step(batch, 0, CPU)
+    # Calls: the score inside the latent step (on z), then the fakes (on z').
+    torch.testing.assert_close(seen[0], z)
+    torch.testing.assert_close(seen[1], expected)
+    assert not torch.equal(seen[1], z)
+
+
+def test_latent_optimisation_off_by_default_and_validated():
+    model = make("gan")
+    batch = torch.rand(8, 1, 28, 28) * 2 - 1
+    seen = []
+    model.generator.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    torch.manual_seed(7)
+    z = torch.randn(8, model.config.latent_dim)
+    torch.manual_seed(7)
+    model.train_step(batch, 0, CPU)
+    torch.testing.assert_close(seen[0], z)  # one generator call, on z itself
+    assert len(seen) == 1
+    with pytest.raises(UsageError, match="latent_step_size must be > 0"):
+        make("sagan", latent_method="ngd", latent_step_size=0.0)
+    with pytest.raises(UsageError, match="latent_method"):
+        make("gan", latent_method="adam")
+    with pytest.raises(UsageError, match="latent_method"):
+        make("logan", latent_method="off")  # logan is latent optimisation: always on
+
+
+def test_options_added_later_stay_out_of_the_run_id_at_their_default():
+    import json
+    from pathlib import Path
+
+    from genbench.experiments.plan import build_specs
+    from genbench.training import RunSpec
+
+    # Committed runs from before latent_method existed: a fresh spec with the option at its
+    # default gets their folder name, so `genbench run` finds them instead of training again.
+    for model, folder in [("gan", "standard-seed0-a638f08bac"), ("sagan", "standard-seed0-4dece8a0be"),
+                          ("biggan", "standard-seed0-0d894fb36a"),
+                          ("logan", "standard-seed0-697590e40d")]:
+        [spec] = build_specs([model], "mnist", "standard", [0], {})
+        assert spec.model_config["latent_method"] in ("off", "ngd")  # saved in config.json
+        assert spec.run_id == folder, model
+    [default] = build_specs(["gan"], "mnist", "standard", [0], {})
+    [moved] = build_specs(["gan"], "mnist", "standard", [0], {"latent_method": "ngd"})
+    [stepped] = build_specs(["gan"], "mnist", "standard", [0], {"latent_step_size": "0.5"})
+    assert len({default.run_id, moved.run_id, stepped.run_id}) == 3
+    saved = json.loads((Path(__file__).parents[1] / "results/mnist/gan/standard-seed0-a638f08bac"
+                        / "config.json").read_text())
+    assert "latent_method" not in saved["model_config"]
+    assert RunSpec.from_dict(saved).run_id == default.run_id
+
+
 # --- U-Net GAN --------------------------------------------------------------------------------
 
 

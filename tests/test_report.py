@@ -369,3 +369,19 @@ def test_rows_and_plot_axis_follow_a_declared_layer_order_not_the_alphabet(tmp_p
     assert [t.get_text() for t in axis.get_xticklabels()] == depth
     line = axis.get_lines()[0]  # mmd grows with depth here, so y follows x when the axis does
     assert list(line.get_ydata()) == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])
+
+
+def test_an_option_added_later_is_no_swept_parameter_between_old_and_new_runs(tmp_path):
+    # gan's latent_method came after the first runs: an old config lacks it, a new one saves
+    # "off". Both ran without it, so they are one row; a run with it on is a swept value.
+    for seed, method in [(0, None), (1, "off"), (2, "ngd")]:
+        folder = write_run(tmp_path, "gan", 64, seed, 0.01 * (seed + 1), None)
+        config = json.loads((folder / "config.json").read_text())
+        if method is not None:
+            config["model_config"]["latent_method"] = method
+        (folder / "config.json").write_text(json.dumps(config))
+    frame = collect_results(tmp_path)
+    assert frame.attrs["parameters"] == ["latent_method"]
+    [table] = build_tables(frame)
+    rows = {r.key["latent_method"]: r for r in table.rows if r.kind == ROW_MODEL}
+    assert set(rows) == {"off", "ngd"} and rows["off"].seeds == 2 and rows["ngd"].seeds == 1

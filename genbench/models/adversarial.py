@@ -1,5 +1,6 @@
 """What the adversarially trained models share: the non-saturating losses, Adam for a
-generator/discriminator pair, and the discriminator step that makes the fakes.
+generator/discriminator pair, the discriminator step that makes the fakes, and LOGAN's latent
+step as an option any GAN's training step can turn on.
 
 Shapes: images ``[B, C, H, W]``; discriminator logits ``[B, 1]`` for one decision per image, or
 any ``[B, ...]`` (PatchGAN's ``[B, 1, H', W']``), every loss being a mean over all of them.
@@ -8,14 +9,15 @@ any ``[B, ...]`` (PatchGAN's ``[B, 1, H', W']``), every loss being a mean over a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.models.base import StepContext
+from genbench.core.errors import UsageError
+from genbench.models.base import OMIT_FROM_RUN_ID_AT_DEFAULT, StepContext, require
 
 
 def non_saturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -120,3 +122,81 @@ def non_saturating_step(
         g_loss = non_saturating_g_loss(discriminate(d.fake))
     optimizer_step(ctx, optimizers["generator"], g_loss, generator.parameters())
     return {"d_loss": d.loss.item(), "g_loss": g_loss.item(), **d.probabilities()}
+
+
+LatentMethod = Literal["gd", "ngd"]
+
+
+def optimise_latents(
+    z: torch.Tensor,
+    discriminator_score_fn: Callable[[torch.Tensor], torch.Tensor],
+    step_size: float,
+    method: LatentMethod = "ngd",
+    beta: float = 5.0,
+    second_order: bool = False,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """``z' = z + dz``: one step on the latents ``z [B, latent_dim]`` that increases their score.
+
+    ``discriminator_score_fn(z)`` gives each latent's score ``f(z_i) = D(G(z_i))``, shape ``[B]``
+    or ``[B, 1]``; ``g_i = df(z_i)/dz_i`` is each row's gradient (one backward pass of the summed
+    scores: rows are independent). The step, with ``alpha = step_size``:
+
+    - ``"gd"``: ``dz_i = alpha * g_i``;
+    - ``"ngd"``: natural gradient with the empirical Fisher ``F = g g^T + beta I`` (Tikhonov
+      damping ``beta``), whose inverse applied to ``g`` is, by Sherman-Morrison,
+      ``dz_i = alpha * g_i / (beta + ||g_i||^2)``: small gradients give a step of about
+      ``alpha g / beta``, large ones a step of length at most ``alpha / (2 sqrt(beta))``.
+
+    With ``second_order`` the step stays in the autograd graph (``create_graph``), so losses
+    computed from ``z'`` also differentiate through ``dz`` with respect to D's and G's parameters:
+    LOGAN's second-order terms (it then costs a double backward). Otherwise ``dz`` is a constant
+    and ``z'`` only carries ``z``'s own graph. ``clip`` clamps ``z'`` to ``[-clip, clip]`` (LOGAN
+    clips to ``[-1, 1]`` with uniform latents). Parameters' ``.grad`` are left untouched.
+    """
+    if method not in ("gd", "ngd"):
+        raise UsageError(f"latent optimisation method must be 'gd' or 'ngd', got {method!r}")
+    leaf = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = discriminator_score_fn(leaf).float().reshape(z.shape[0], -1).sum()
+        (g,) = torch.autograd.grad(scores, leaf, create_graph=second_order)  # [B, latent_dim]
+    g = g.flatten(1)
+    if method == "gd":
+        delta = step_size * g
+    else:
+        delta = step_size * g / (beta + g.pow(2).sum(1, keepdim=True))
+    delta = delta.view_as(z).to(z.dtype)
+    if not second_order:
+        delta = delta.detach()
+    z_new = z + delta
+    return z_new.clamp(-clip, clip) if clip is not None else z_new
+
+
+@dataclass
+class LatentOptimisation:
+    """LOGAN's latent step (Wu et al. 2019) as an option of a GAN's training step: before the
+    step, ``z`` moves by :func:`optimise_latents` to raise ``D(G(z))`` and the step uses ``z'``.
+
+    Config mixin of ``gan``, ``sagan`` and ``biggan``. Their steps alternate (D, then G), and D's
+    update would invalidate a graph through the latent step, so here ``z'`` is a constant input
+    (first order); the ``logan`` model has the paper's simultaneous second-order step. The fields
+    came after the first published runs: at their defaults they stay out of the run id, so those
+    runs keep their folders.
+    """
+
+    latent_method: Literal["off", "gd", "ngd"] = field(default="off",
+                                                      metadata=OMIT_FROM_RUN_ID_AT_DEFAULT)
+    latent_step_size: float = field(default=0.9, metadata=OMIT_FROM_RUN_ID_AT_DEFAULT)  # alpha
+    latent_beta: float = field(default=5.0, metadata=OMIT_FROM_RUN_ID_AT_DEFAULT)  # ngd damping
+
+    def validate_latent_optimisation(self) -> None:
+        require(self.latent_step_size > 0, f"latent_step_size must be > 0, got {self.latent_step_size}")
+        require(self.latent_beta > 0, f"latent_beta must be > 0, got {self.latent_beta}")
+
+    def optimised_latents(self, z: torch.Tensor,
+                          discriminator_score_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``z [B, latent_dim]`` itself when ``latent_method`` is off, else ``z'`` (a constant)."""
+        if self.latent_method == "off":
+            return z
+        return optimise_latents(z, discriminator_score_fn, self.latent_step_size,
+                                self.latent_method, self.latent_beta).detach()

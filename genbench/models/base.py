@@ -26,6 +26,11 @@ from torch import nn
 from genbench.core.errors import UsageError
 from genbench.core.registry import closest
 
+# Field metadata for an option added to a model after runs of it were published: at its default
+# the field stays out of the run id (RunSpec.run_id), so those runs keep their folder names and
+# `genbench run` still finds them; any other value is part of the id as usual.
+OMIT_FROM_RUN_ID_AT_DEFAULT = {"run_id": "omit at default"}
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -54,6 +59,26 @@ class ModelConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def later_defaults(cls) -> dict[str, Any]:
+        """The fields marked :data:`OMIT_FROM_RUN_ID_AT_DEFAULT`, with their defaults."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.metadata == OMIT_FROM_RUN_ID_AT_DEFAULT}
+
+    @classmethod
+    def identity(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` (a saved ``model_config``) less the fields added later that hold their
+        default: what the run id hashes."""
+        later = cls.later_defaults()
+        return {key: value for key, value in values.items()
+                if not (key in later and value == later[key])}
+
+    @classmethod
+    def completed(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with the fields added later filled in at their defaults: a config saved
+        before a field existed ran with what is now its default."""
+        return cls.later_defaults() | values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:

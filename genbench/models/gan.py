@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import distributions as D
 
-from genbench.models.adversarial import adam_pair, non_saturating_step
+from genbench.models.adversarial import LatentOptimisation, adam_pair, non_saturating_step
 from genbench.models.base import GenerativeModel, ModelConfig, StepContext, evaluating, require
 from genbench.models.layers import ConvEncoder, ConvGenerator
 from genbench.models.registry import register_model
 
 
 @dataclass
-class GANConfig(ModelConfig):
+class GANConfig(LatentOptimisation, ModelConfig):
     latent_dim: int = 64
     base_width: int = 32
     learning_rate: float = 2e-4
@@ -25,6 +25,7 @@ class GANConfig(ModelConfig):
         require(self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}")
         require(self.base_width >= 1, f"base_width must be >= 1, got {self.base_width}")
         require(self.learning_rate > 0, "learning_rate must be > 0")
+        self.validate_latent_optimisation()
 
 
 class LatentGenerator(GenerativeModel):
@@ -83,7 +84,8 @@ class GAN(LatentGenerator):
     Discriminator: strided 4x4 convs, batch norm after the first layer, leaky ReLU 0.2, one logit;
     loss ``BCE(D(x), 1) + BCE(D(G(z)), 0)``. Generator: transposed convs with batch norm and ReLU,
     ``tanh`` output; loss ``BCE(D(G(z)), 1)`` (the non-saturating form). One discriminator step and
-    one generator step per batch.
+    one generator step per batch. ``latent_method=gd|ngd`` moves each batch's ``z`` first to raise
+    ``D(G(z))`` (LOGAN's latent step, first order: :class:`~genbench.models.adversarial.LatentOptimisation`).
     """
 
     config_class = GANConfig
@@ -100,5 +102,6 @@ class GAN(LatentGenerator):
 
     def train_step(self, batch, step, ctx: StepContext):
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
+        z = self.config.optimised_latents(z, lambda z: self.discriminator(self.generator(z)))
         return non_saturating_step(ctx, self.optimizers, self.generator, batch,
                                    lambda: self.generator(z), self.discriminator)

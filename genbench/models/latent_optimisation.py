@@ -1,85 +1,30 @@
-"""Latent optimisation (LOGAN, Wu et al. 2019) as an option for any GAN, and the ``logan`` model.
+"""The ``logan`` model: latent optimisation (LOGAN, Wu et al. 2019) with the paper's simultaneous,
+second-order step.
 
-:func:`optimise_latents` takes one gradient step on ``z`` that increases the discriminator's score
-``f(z) = D(G(z))``; a GAN's training step calls it on its noise before the generator forward pass
-and uses the returned ``z'`` in place of ``z``. For example, in ``gan.py``'s step::
-
-    z = optimise_latents(z, lambda z: self.discriminator(self.generator(z)).squeeze(1),
-                         step_size=0.9, method="ngd", beta=5.0)
+The latent step itself, :func:`~genbench.models.adversarial.optimise_latents`, lives with the other
+shared GAN pieces: ``gan``, ``sagan`` and ``biggan`` turn it on as a first-order option of their
+alternating steps (``--set latent_method=ngd``, :class:`~genbench.models.adversarial.LatentOptimisation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from genbench.core.errors import UsageError
-from genbench.models.base import StepContext, require
+from genbench.models.adversarial import LatentMethod, optimise_latents
+from genbench.models.base import StepContext
 from genbench.models.registry import register_model
 from genbench.models.sagan import SAGAN, SAGANConfig, hinge_d_loss, hinge_g_loss
-
-LatentMethod = Literal["gd", "ngd"]
-
-
-def optimise_latents(
-    z: torch.Tensor,
-    discriminator_score_fn: Callable[[torch.Tensor], torch.Tensor],
-    step_size: float,
-    method: LatentMethod = "ngd",
-    beta: float = 5.0,
-    second_order: bool = False,
-    clip: float | None = None,
-) -> torch.Tensor:
-    """``z' = z + dz``: one step on the latents ``z [B, latent_dim]`` that increases their score.
-
-    ``discriminator_score_fn(z)`` gives each latent's score ``f(z_i) = D(G(z_i))``, shape ``[B]``
-    or ``[B, 1]``; ``g_i = df(z_i)/dz_i`` is each row's gradient (one backward pass of the summed
-    scores: rows are independent). The step, with ``alpha = step_size``:
-
-    - ``"gd"``: ``dz_i = alpha * g_i``;
-    - ``"ngd"``: natural gradient with the empirical Fisher ``F = g g^T + beta I`` (Tikhonov
-      damping ``beta``), whose inverse applied to ``g`` is, by Sherman-Morrison,
-      ``dz_i = alpha * g_i / (beta + ||g_i||^2)``: small gradients give a step of about
-      ``alpha g / beta``, large ones a step of length at most ``alpha / (2 sqrt(beta))``.
-
-    With ``second_order`` the step stays in the autograd graph (``create_graph``), so losses
-    computed from ``z'`` also differentiate through ``dz`` with respect to D's and G's parameters:
-    LOGAN's second-order terms (it then costs a double backward). Otherwise ``dz`` is a constant
-    and ``z'`` only carries ``z``'s own graph. ``clip`` clamps ``z'`` to ``[-clip, clip]`` (LOGAN
-    clips to ``[-1, 1]`` with uniform latents). Parameters' ``.grad`` are left untouched.
-    """
-    if method not in ("gd", "ngd"):
-        raise UsageError(f"latent optimisation method must be 'gd' or 'ngd', got {method!r}")
-    leaf = z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        scores = discriminator_score_fn(leaf).float().reshape(z.shape[0], -1).sum()
-        (g,) = torch.autograd.grad(scores, leaf, create_graph=second_order)  # [B, latent_dim]
-    g = g.flatten(1)
-    if method == "gd":
-        delta = step_size * g
-    else:
-        delta = step_size * g / (beta + g.pow(2).sum(1, keepdim=True))
-    delta = delta.view_as(z).to(z.dtype)
-    if not second_order:
-        delta = delta.detach()
-    z_new = z + delta
-    return z_new.clamp(-clip, clip) if clip is not None else z_new
 
 
 @dataclass
 class LOGANConfig(SAGANConfig):
+    # LOGAN's own: latent optimisation always on, second order by default, and part of the run id.
     latent_step_size: float = 0.9  # alpha
     latent_method: LatentMethod = "ngd"
     latent_beta: float = 5.0  # damping of the natural gradient
     latent_second_order: bool = True  # differentiate the losses through the latent step
-
-    def validate(self, image_shape):
-        super().validate(image_shape)
-        require(self.latent_step_size > 0, f"latent_step_size must be > 0, got {self.latent_step_size}")
-        require(self.latent_beta > 0, f"latent_beta must be > 0, got {self.latent_beta}")
 
 
 @register_model("logan")

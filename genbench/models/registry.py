@@ -54,6 +54,13 @@ def get_model_class(name: str) -> type:
     return MODELS.get(name)
 
 
+def registered_config_class(name: str) -> type | None:
+    """The config dataclass of model ``name``, or None when no such model is registered here (a
+    saved run of a plugin that is not installed)."""
+    load_plugins()
+    return MODELS.get(name).config_class if name in MODELS else None
+
+
 def model_names() -> list[str]:
     load_plugins()
     return MODELS.names()

@@ -18,7 +18,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genbench.models.adversarial import adam_pair, discriminator_step, optimizer_step
+from genbench.models.adversarial import (
+    LatentOptimisation,
+    adam_pair,
+    discriminator_step,
+    optimizer_step,
+)
 from genbench.models.base import (
     GenerativeModel,
     ModelConfig,
@@ -221,7 +226,7 @@ class Discriminator(nn.Module):
 
 
 @dataclass
-class SAGANConfig(ModelConfig):
+class SAGANConfig(LatentOptimisation, ModelConfig):
     latent_dim: int = 64
     base_width: int = 32
     g_learning_rate: float = 1e-4  # two time-scale update rule: D learns 4x faster
@@ -243,12 +248,13 @@ class SAGANConfig(ModelConfig):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         require(self.truncation is None or self.truncation >= MIN_TRUNCATION,
                 f"truncation must be >= {MIN_TRUNCATION} or none, got {self.truncation}")
+        self.validate_latent_optimisation()
 
 
 class HingeGAN(GenerativeModel):
     """What ``sagan``, ``biggan`` and ``logan`` share: the networks above, TTUR Adam, hinge loss
     with one discriminator and one generator step per batch, optional orthogonal regularisation,
-    truncated sampling."""
+    truncated sampling, optional first-order latent optimisation (``latent_method``)."""
 
     loss_names = ("d_loss", "g_loss", "d_real", "d_fake", "orthogonal")
 
@@ -279,6 +285,7 @@ class HingeGAN(GenerativeModel):
         """One discriminator step, then one generator step, on ``batch`` (and its ``labels``)."""
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
         discriminate = lambda x: self.discriminator(x, labels)
+        z = self.config.optimised_latents(z, lambda z: discriminate(self.generator(z, labels)))
         d = discriminator_step(ctx, self.optimizers["discriminator"], batch,
                                lambda: self.generator(z, labels), discriminate,
                                loss=lambda real, fake: hinge_d_loss(real.float(), fake.float()))

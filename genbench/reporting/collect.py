@@ -42,8 +42,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _run_parameters(config: dict[str, Any]) -> dict[str, Any]:
-    """The values a run's numbers depend on, flat: model config, then steps/batch/size/limit."""
+    """The values a run's numbers depend on, flat: model config (options added to the model after
+    the run filled in at the default it ran with), then steps/batch/size/limit."""
+    from genbench.models.registry import registered_config_class
+
     values = dict(config.get("model_config", {}))
+    config_class = registered_config_class(str(config.get("model")))
+    if config_class is not None:
+        values = config_class.completed(values)
     values.update({k: v for k, v in config.get("train", {}).items() if k not in QUIET_KEYS})
     values.update({k: config.get("data", {}).get(k) for k in ("image_size", "limit")})
     return values

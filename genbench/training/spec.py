@@ -83,5 +83,15 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """``<budget>-seed<seed>-<hash>``: readable, and unique for the full spec."""
-        return f"{self.budget}-seed{self.seed}-{json_digest(self.to_dict(), 10)}"
+        """``<budget>-seed<seed>-<hash>``: readable, and unique for the full spec (less options
+        added to a model later that hold their default: see ``OMIT_FROM_RUN_ID_AT_DEFAULT``)."""
+        identity = self.to_dict()
+        identity["model_config"] = _model_config_identity(self.model, self.model_config)
+        return f"{self.budget}-seed{self.seed}-{json_digest(identity, 10)}"
+
+
+def _model_config_identity(model: str, values: dict[str, Any]) -> dict[str, Any]:
+    from genbench.models.registry import registered_config_class
+
+    config_class = registered_config_class(model)
+    return dict(values) if config_class is None else config_class.identity(values)
