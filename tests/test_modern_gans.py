@@ -184,22 +184,34 @@ def test_logan_moves_latents_each_step(method, second_order):
         make("logan", latent_beta=0.0)
 
 
-@pytest.mark.parametrize("name", ["gan", "sagan", "biggan"])
+# The score each model's latent step raises, on a copy of the model (labels: int64 [8]).
+LATENT_SCORES = {
+    "gan": lambda m, labels: lambda z: m.discriminator(m.generator(z)),
+    "wgan": lambda m, labels: lambda z: m.critic(m.generator(z)),
+    "sagan": lambda m, labels: lambda z: m.discriminator(m.generator(z)),
+    "unet-gan": lambda m, labels: lambda z: (  # image logit + mean pixel logit
+        lambda image, pixels: image.flatten(1).sum(1) + pixels.flatten(1).mean(1))(
+            *m.discriminator(m.generator(z))),
+    "biggan": lambda m, labels: lambda z: m.discriminator(m.generator(z, labels), labels),
+    "cgan": lambda m, labels: lambda z: m.discriminator(m.generator(z, labels), labels),
+    "acgan": lambda m, labels: lambda z: m.discriminator(m.generator(z, labels))[:, :1],
+}
+
+
+@pytest.mark.parametrize("name", list(LATENT_SCORES))
 @pytest.mark.parametrize("method", ["gd", "ngd"])
 def test_latent_optimisation_option_feeds_the_moved_latents_to_the_generator(name, method):
     model = make(name, latent_method=method, latent_step_size=0.5)
     batch = torch.rand(8, 1, 28, 28) * 2 - 1
     labels = torch.arange(8) % 10
-    conditional = name == "biggan"
+    conditional = name in ("biggan", "cgan", "acgan")
     # Expected z': the same z (same seed), moved by optimise_latents on a copy of the model
     # before the step (the step changes D).
     copy = make(name, latent_method=method, latent_step_size=0.5)
     copy.load_state_dict(model.state_dict())
     torch.manual_seed(7)
     z = torch.randn(8, model.config.latent_dim)
-    score = ((lambda z: copy.discriminator(copy.generator(z, labels), labels)) if conditional
-             else (lambda z: copy.discriminator(copy.generator(z))))
-    expected = optimise_latents(z, score, 0.5, method, 5.0)
+    expected = optimise_latents(z, LATENT_SCORES[name](copy, labels), 0.5, method, 5.0)
     seen = []
     model.generator.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
     torch.manual_seed(7)
@@ -227,6 +239,8 @@ def test_latent_optimisation_off_by_default_and_validated():
         make("gan", latent_method="adam")
     with pytest.raises(UsageError, match="latent_method"):
         make("logan", latent_method="off")  # logan is latent optimisation: always on
+    with pytest.raises(UsageError, match="stackgan has no latent optimisation"):
+        make("stackgan", latent_method="ngd")
 
 
 def test_options_added_later_stay_out_of_the_run_id_at_their_default():
@@ -240,7 +254,10 @@ def test_options_added_later_stay_out_of_the_run_id_at_their_default():
     # default gets their folder name, so `genbench run` finds them instead of training again.
     for model, folder in [("gan", "standard-seed0-a638f08bac"), ("sagan", "standard-seed0-4dece8a0be"),
                           ("biggan", "standard-seed0-0d894fb36a"),
-                          ("logan", "standard-seed0-697590e40d")]:
+                          ("logan", "standard-seed0-697590e40d"), ("wgan", "standard-seed0-262adc2ffc"),
+                          ("cgan", "standard-seed0-5f2e34eadc"), ("acgan", "standard-seed0-5c114444cf"),
+                          ("stackgan", "standard-seed0-3f59ba3606"),
+                          ("unet-gan", "standard-seed0-d8efca6fde")]:
         [spec] = build_specs([model], "mnist", "standard", [0], {})
         assert spec.model_config["latent_method"] in ("off", "ngd")  # saved in config.json
         assert spec.run_id == folder, model

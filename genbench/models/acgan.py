@@ -96,6 +96,7 @@ class ACGAN(ClassConditionalGAN):
         lam = self.config.class_weight
         labels = self.check_labels(labels, batch.shape[0], batch.device)
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
+        z = self.config.optimised_latents(z, lambda z: self.heads(self.generator(z, labels))[0])
         real_target = self.class_targets(labels, real=True)
         fake_target = self.class_targets(labels, real=False)
         with ctx.autocast():

@@ -177,9 +177,13 @@ class LatentOptimisation:
     """LOGAN's latent step (Wu et al. 2019) as an option of a GAN's training step: before the
     step, ``z`` moves by :func:`optimise_latents` to raise ``D(G(z))`` and the step uses ``z'``.
 
-    Config mixin of ``gan``, ``sagan`` and ``biggan``. Their steps alternate (D, then G), and D's
-    update would invalidate a graph through the latent step, so here ``z'`` is a constant input
-    (first order); the ``logan`` model has the paper's simultaneous second-order step. The fields
+    Config mixin of ``gan``, ``wgan``, ``cgan``, ``acgan``, ``sagan``, ``biggan`` and
+    ``unet-gan``; each passes the score its generator loss raises (the logit, the critic value, the
+    real/fake head, U-Net GAN's image logit plus mean pixel logit). Their steps alternate (D, then
+    G), and D's update would invalidate a graph through the latent step, so here ``z'`` is a
+    constant input (first order); the ``logan`` model has the paper's simultaneous second-order
+    step. ``infogan`` (whose codes the Q head must recover) and ``stackgan`` (two stages) have no
+    single score to climb and do not take it. The fields
     came after the first published runs: at their defaults they stay out of the run id, so those
     runs keep their folders.
     """

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.models.adversarial import adam_pair, non_saturating_step
+from genbench.models.adversarial import LatentOptimisation, adam_pair, non_saturating_step
 from genbench.models.base import (
     GenerativeModel,
     ModelConfig,
@@ -27,7 +27,7 @@ from genbench.models.registry import register_model
 
 
 @dataclass
-class CGANConfig(ModelConfig):
+class CGANConfig(LatentOptimisation, ModelConfig):
     latent_dim: int = 64
     base_width: int = 32
     num_classes: int = 10  # labels are 0..num_classes-1 (10 for mnist, fashion-mnist, cifar10)
@@ -37,6 +37,7 @@ class CGANConfig(ModelConfig):
 
     def validate(self, image_shape):
         require(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        self.validate_latent_optimisation()
 
 
 class ConditionalGenerator(nn.Module):
@@ -165,6 +166,8 @@ class CGAN(ClassConditionalGAN):
         """One discriminator and one generator step; ``labels`` int64 ``[B]`` (uniform if None)."""
         labels = self.check_labels(labels, batch.shape[0], batch.device)
         z = torch.randn(batch.shape[0], self.config.latent_dim, device=batch.device)
+        z = self.config.optimised_latents(
+            z, lambda z: self.discriminator(self.generator(z, labels), labels))
         return non_saturating_step(ctx, self.optimizers, self.generator, batch,
                                    lambda: self.generator(z, labels),
                                    lambda x: self.discriminator(x, labels))

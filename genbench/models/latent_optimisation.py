@@ -2,8 +2,9 @@
 second-order step.
 
 The latent step itself, :func:`~genbench.models.adversarial.optimise_latents`, lives with the other
-shared GAN pieces: ``gan``, ``sagan`` and ``biggan`` turn it on as a first-order option of their
-alternating steps (``--set latent_method=ngd``, :class:`~genbench.models.adversarial.LatentOptimisation`).
+shared GAN pieces: ``gan``, ``wgan``, ``cgan``, ``acgan``, ``sagan``, ``biggan`` and ``unet-gan``
+turn it on as a first-order option of their alternating steps (``--set latent_method=ngd``,
+:class:`~genbench.models.adversarial.LatentOptimisation`).
 """
 
 from __future__ import annotations

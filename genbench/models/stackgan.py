@@ -50,6 +50,9 @@ class StackGANConfig(CGANConfig):
         require(self.condition_dim >= 1, f"condition_dim must be >= 1, got {self.condition_dim}")
         require(self.residual_blocks >= 0, f"residual_blocks must be >= 0, got {self.residual_blocks}")
         require(self.stage2_start >= 0, f"stage2_start must be >= 0, got {self.stage2_start}")
+        require(self.latent_method == "off", "stackgan has no latent optimisation: its two "
+                "stages and conditioning augmentation have no single score to raise; use "
+                "latent_method=off")
 
 
 def conditioning_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.models.adversarial import adam_pair, optimizer_step
+from genbench.models.adversarial import LatentOptimisation, adam_pair, optimizer_step
 from genbench.models.base import ModelConfig, StepContext, require
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import plan_resolution, widths
@@ -106,7 +106,7 @@ def bce(logits: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
 
 
 @dataclass
-class UNetGANConfig(ModelConfig):
+class UNetGANConfig(LatentOptimisation, ModelConfig):
     latent_dim: int = 64
     base_width: int = 32
     g_learning_rate: float = 1e-4
@@ -123,6 +123,7 @@ class UNetGANConfig(ModelConfig):
         require(0 <= self.cutmix_probability <= 1,
                 f"cutmix_probability must be in [0, 1], got {self.cutmix_probability}")
         require(self.cutmix_warmup >= 0, f"cutmix_warmup must be >= 0, got {self.cutmix_warmup}")
+        self.validate_latent_optimisation()
 
 
 @register_model("unet-gan")
@@ -187,10 +188,17 @@ class UNetGAN(LatentGenerator):
                       + self.config.consistency_weight * out["consistency"])
         return out | {"d_loss": d_loss}
 
+    def latent_score(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the image logit plus the mean pixel logit of ``D(G(z))``, the two decisions
+        the generator's loss raises (what latent optimisation climbs)."""
+        image_logit, pixel_logits = self.discriminator(self.generator(z))
+        return image_logit.flatten(1).sum(1) + pixel_logits.flatten(1).mean(1)
+
     def train_step(self, batch, step, ctx: StepContext):
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         n, _, height, width = batch.shape
-        z = torch.randn(n, self.config.latent_dim, device=batch.device)
+        z = self.config.optimised_latents(torch.randn(n, self.config.latent_dim, device=batch.device),
+                                          self.latent_score)
         draw = torch.Generator().manual_seed(int(self.cutmix_seed) + step)  # this step's CutMix draws
         use_cutmix = torch.rand((), generator=draw).item() < self.cutmix_chance(step)
         mask = cutmix_masks(n, height, width, draw, batch.device) if use_cutmix else None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genbench.models.adversarial import LatentOptimisation
 from genbench.models.base import ModelConfig, StepContext, require
 from genbench.models.gan import LatentGenerator
 from genbench.models.layers import ConvEncoder, ConvGenerator
@@ -13,7 +14,7 @@ from genbench.models.registry import register_model
 
 
 @dataclass
-class WGANConfig(ModelConfig):
+class WGANConfig(LatentOptimisation, ModelConfig):
     latent_dim: int = 64
     base_width: int = 32
     gradient_penalty: bool = False
@@ -29,6 +30,7 @@ class WGANConfig(ModelConfig):
         require(self.clip_value > 0, "clip_value must be > 0")
         require(self.penalty_weight >= 0, "penalty_weight must be >= 0")
         require(self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0")
+        self.validate_latent_optimisation()
 
 
 @register_model("wgan")
@@ -81,7 +83,8 @@ class WGAN(LatentGenerator):
     def train_step(self, batch, step, ctx: StepContext):
         c = self.config
         opt_g, opt_c = self.optimizers["generator"], self.optimizers["critic"]
-        z = torch.randn(batch.shape[0], c.latent_dim, device=batch.device)
+        score = lambda z: self.critic(self.generator(z))  # latent optimisation raises it
+        z = c.optimised_latents(torch.randn(batch.shape[0], c.latent_dim, device=batch.device), score)
         with ctx.autocast():
             fake = self.generator(z).detach()
             wasserstein = self.critic(batch).mean() - self.critic(fake).mean()
@@ -102,7 +105,8 @@ class WGAN(LatentGenerator):
         losses["critic_loss"] = critic_loss.item()
 
         if (step + 1) % c.critic_steps == 0:
-            z = torch.randn(batch.shape[0], c.latent_dim, device=batch.device)
+            z = c.optimised_latents(torch.randn(batch.shape[0], c.latent_dim, device=batch.device),
+                                    score)
             with ctx.autocast():
                 g_loss = -self.critic(self.generator(z)).mean()
             opt_g.zero_grad(set_to_none=True)
