@@ -249,3 +249,21 @@ def test_sample_montage_skips_missing_panels(tmp_path, monkeypatch):
     figures.sample_montage([("x", tmp_path / "nope.png"), ("a", tmp_path / "a.png")],
                            tmp_path / "m")
     assert [ax.get_title() for ax in figs[0].axes] == ["a"]
+
+
+def test_crowded_tick_labels_are_slanted_and_spread_ones_level():
+    def rotations(fig):
+        return {label.get_rotation() for ax in fig.axes for label in ax.get_xticklabels()}
+
+    single = figures.metric_vs_parameter_figure
+    assert rotations(single(make_table(), "fid", "latent_dim")) == {0.0}  # 100, 500, 1000
+    # 100 beside 110 on a one-decade log axis: 4% of about 4 inches, less than a label's width.
+    assert rotations(single(make_table({100: 100, 500: 110, 1000: 1000}), "fid", "latent_dim")) == {45.0}
+    # The latent-size overview: 32, 100, 128, 500, 1000 in 4-inch panels (100 and 128 7% apart).
+    crowded = make_table()
+    crowded.rows.insert(0, Row(key={"model": "gvae", "latent_dim": 128},
+                               cells={"fid": summarise([25.0]), "log_likelihood": summarise([-88.0])}))
+    crowded.rows.insert(0, Row(key={"model": "vae", "latent_dim": 32},
+                               cells={"fid": summarise([38.0]), "log_likelihood": summarise([-90.0])}))
+    overview = figures.metrics_overview_figure(crowded, ["fid", "log_likelihood"], "latent_dim")
+    assert rotations(overview) == {45.0}

@@ -168,10 +168,34 @@ def _draw_metric(ax: Axes, table: ComparisonTable, column: MetricColumn, paramet
     else:
         names = {p: _fmt(v) for v, p in positions.items()}
         ax.set_xticks(ticks, [names[t] for t in ticks])
+    if _crowded(ax, ticks, [label.get_text() for label in ax.get_xticklabels()]):
+        ax.tick_params(axis="x", labelrotation=45)
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(parameter)
     ax.set_ylabel(_ylabel(column))
     ax.grid(True, alpha=0.3)
+
+
+# Space kept between neighbouring level tick labels, inches; a character is about 0.6 em wide.
+TICK_LABEL_GAP = 0.05
+CHARACTER_WIDTH_EM = 0.6
+
+
+def _crowded(ax: Axes, ticks: list[float], labels: list[str]) -> bool:
+    """Whether two neighbouring x tick labels would overlap side by side on ``ax`` (100 beside
+    128 on a log axis in a small panel), judged from the axis width and the labels' lengths."""
+    if len(ticks) < 2:
+        return False
+    where = np.log10(ticks) if ax.get_xscale() == "log" else np.asarray(ticks, dtype=float)
+    span = where[-1] - where[0]
+    if span <= 0:
+        return False
+    axis_inches = ax.get_position().width * ax.figure.get_figwidth()
+    em = ax.xaxis.get_ticklabels()[0].get_fontsize() / 72 if ax.xaxis.get_ticklabels() else 10 / 72
+    gaps = np.diff(where) / span * axis_inches
+    needed = [(len(a) + len(b)) / 2 * CHARACTER_WIDTH_EM * em + TICK_LABEL_GAP
+              for a, b in zip(labels, labels[1:])]
+    return bool(any(gap < need for gap, need in zip(gaps, needed)))
 
 
 def _footer(table: ComparisonTable, metrics: list[str]) -> str:
