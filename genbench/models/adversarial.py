@@ -183,9 +183,8 @@ class LatentOptimisation:
     G), and D's update would invalidate a graph through the latent step, so here ``z'`` is a
     constant input (first order); the ``logan`` model has the paper's simultaneous second-order
     step. ``infogan`` (whose codes the Q head must recover) and ``stackgan`` (two stages) have no
-    single score to climb and do not take it. The fields
-    came after the first published runs: at their defaults they stay out of the run id, so those
-    runs keep their folders.
+    single score to climb and do not take it. The fields came after the first published runs: at
+    their defaults they stay out of the run id, so those runs keep their folders.
     """
 
     latent_method: Literal["off", "gd", "ngd"] = field(default="off",

@@ -240,13 +240,11 @@ def declared_order(models: list[str], parameter: str) -> list[Any] | None:
     """The values of ``parameter`` in the order the first of ``models`` with a config field of
     that name typed ``Literal[...]`` declares them (DeePSiM inversion's layers, conv1 to logits),
     so rows and plot axes follow the network rather than the alphabet; None when none does."""
-    from genbench.core.errors import UsageError
-    from genbench.models import get_model_class
+    from genbench.models.registry import registered_config_class
 
     for model in models:
-        try:
-            config_class = get_model_class(str(model)).config_class
-        except UsageError:  # a model no longer (or not here) registered
+        config_class = registered_config_class(str(model))
+        if config_class is None:  # a model no longer (or not here) registered
             continue
         annotation = get_type_hints(config_class).get(parameter)
         if get_origin(annotation) is Literal:
