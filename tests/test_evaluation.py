@@ -61,7 +61,21 @@ def test_gan_likelihood_uses_ais_with_a_gaussian_observation(trained):
     assert entry["status"] == "ok"
     assert entry["settings"]["method"] == "ais"
     assert entry["settings"]["observation"].startswith("gaussian, sigma=")
+    assert entry["settings"]["sigma_selection"].startswith("AIS, ")
     assert entry["settings"]["data_space"] == "dequantized [0,1]"
+
+
+def test_gvae_chooses_sigma_with_the_estimator_that_reports_its_likelihood(tmp_path):
+    # gvae's log p(x) is importance sampling with its encoder; a sigma chosen by another estimator
+    # (short AIS) flipped between values that give test numbers hundreds of nats apart.
+    run = fit(spec_for("gvae"), tmp_path, device="cpu", progress=False, allow_download=False)
+    document = evaluate_run(run.run_dir, metrics=["log_likelihood"], device="cpu",
+                            allow_download=False, verbose=False)
+    settings = document["metrics"]["log_likelihood"]["settings"]
+    assert settings["method"] == "is"
+    assert settings["sigma_selection"] == "importance sampling with q(z|x), k = 100"  # smoke k
+    grid = {float(k): v for k, v in settings["sigma_grid"].items()}
+    assert settings["sigma"] == max(grid, key=grid.get)
 
 
 def test_ppca_likelihood_is_exact(trained):
@@ -72,6 +86,17 @@ def test_ppca_likelihood_is_exact(trained):
     # PPCA's q(z|x) is the exact posterior, so its one-sample ELBO is unbiased for log p(x):
     # the two agree within a few standard errors of the ELBO's mean over 100 examples.
     assert abs(elbo["value"] - ll["value"]) < 4 * elbo["std"] + 1e-6
+
+
+def test_a_partial_reevaluation_replaces_only_its_metrics_share_of_the_evaluation_time(trained):
+    run_dir = trained["ppca"].run_dir
+    first = evaluate_run(run_dir, metrics=["mmd", "kl"], device="cpu", allow_download=False,
+                         verbose=False)
+    again = evaluate_run(run_dir, metrics=["kl"], device="cpu", allow_download=False, verbose=False)
+    assert again["metrics"]["mmd"] == first["metrics"]["mmd"]  # kept, time included
+    expected = first["seconds"] - first["metrics"]["kl"]["seconds"] + again["metrics"]["kl"]["seconds"]
+    assert again["seconds"] == pytest.approx(expected, abs=0.02)  # each term rounded to 0.01 s
+    assert again["seconds"] >= again["metrics"]["mmd"]["seconds"]
 
 
 def test_evaluate_and_list_metrics_cli(trained):

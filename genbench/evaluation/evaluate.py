@@ -140,7 +140,6 @@ def evaluate_run(
                       output_dir=run_dir.path if ranks.is_main else None, data_dir=data_dir,
                       allow_download=allow_download, feature_extractor=feature_extractor, ranks=ranks)
     path = run_dir.path / METRICS_FILE
-    started = time.perf_counter()
     existing = _existing_on_every_rank(path, ranks)
     results = _compute(ctx, metrics, f"{spec.model} seed {spec.seed}", verbose and ranks.is_main,
                        existing)
@@ -160,7 +159,9 @@ def evaluate_run(
         "device": str(torch_device),
         "torch_threads": EVAL_THREADS if torch_device.type == "cpu" else torch.get_num_threads(),
         "processes": ranks.world_size,  # evaluation processes; the numbers do not depend on it
-        "seconds": round(time.perf_counter() - started, 2),
+        # the time the file's numbers took: a partial re-evaluation replaces its metrics' share
+        # instead of overwriting the whole run's evaluation time with its own
+        "seconds": round(sum(entry.get("seconds", 0.0) for entry in results.values()), 2),
         "metrics": results,
     }
     if ranks.is_main:
